@@ -1,0 +1,313 @@
+"""`oscar`: per-KV-head query-whitened key transforms, W_o-metric value transforms, joint K/V
+water-filled bits, one fp16 norm per token (DESIGN.md section 3).
+
+Format of one encoded token and KV head (kind k or v):
+    codes  : sum_j b_j bits, channels in importance order, packed segment by segment
+             (each segment: `width` channels of b bits, little-endian, whole bytes)
+    scale  : fp16, the token's RMS over coded channels in the normalized space
+Read path: x'_j = mean_j + s_j * scale * level_{b_j}[code_j] (mean_j where b_j = 0), x = T^-1 x'.
+Keys attend in the transformed space with q' = T_k^-T q; values' T_v^-1 maps the output back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..rope import apply_rope, rope_average_mean, rope_average_moment
+from ..transforms import metric_whitened_transform
+from ..waterfill import allocate_bits, runs
+from . import register
+from .base import Codec
+from .quantizers import MAX_BITS, gaussian_levels, level_distortion, nearest_level, pack_bits, unpack_bits
+
+__all__ = ["OscarCodec", "LayerCodebook"]
+
+SCALE_BITS = 16
+_TENSORS = ("T", "T_inv", "mean", "std", "bits", "rope_mean", "inv_freq")
+
+
+@dataclass
+class LayerCodebook:
+    """Everything one layer needs, for one kind ("k" or "v"); float32.
+
+    T: [H, d, d] forward; T_inv: [H, d, d]; mean, std: [H, d] per channel in the transformed space;
+    bits: [d] int per channel (shared by the layer's heads, non-increasing);
+    rope_mean: [H, d] pre-RoPE mean subtracted at each position p as R_p rope_mean before the
+    transform (zeros for values and for key_mean="global"); inv_freq: [d/2] RoPE frequencies."""
+
+    T: torch.Tensor
+    T_inv: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    bits: torch.Tensor
+    rope_mean: torch.Tensor
+    inv_freq: torch.Tensor
+
+    @property
+    def position_mean(self) -> bool:
+        return bool(self.rope_mean.abs().max() > 0)
+
+    def mean_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """R_p rope_mean for each position: [T, H, d] float32."""
+        T = positions.shape[0]
+        m = self.rope_mean.float().to(positions.device)[None].expand(T, -1, -1).contiguous()
+        return apply_rope(m, positions, self.inv_freq.to(positions.device))
+
+    @property
+    def query_transform(self) -> torch.Tensor:
+        """T^-T: [H, d, d], applied to queries (keys only)."""
+        return self.T_inv.transpose(-1, -2)
+
+
+@register("oscar")
+class OscarCodec(Codec):
+    needs_calibration = True
+    uses_positions = True
+
+    def __init__(
+        self,
+        sinks: int = 4,
+        recent: int = 0,
+        head_dim: int | None = None,
+        mean_bits: float = 2.0,
+        segment_width: int = 8,
+        levels: str = "lloyd",
+        ridge: float = 0.3,
+        whiten: bool = True,
+        waterfill: bool = True,
+        value_transform: bool = True,
+        value_weighting: str = "attention",
+        target_context: int | None = None,
+        scale_iters: int = 2,
+        key_mean: str = "rope",
+    ):
+        super().__init__(sinks=sinks, recent=recent, head_dim=head_dim)
+        if levels not in ("lloyd", "uniform"):
+            raise ConfigError(f"oscar: levels must be 'lloyd' or 'uniform', got {levels!r}")
+        if value_weighting not in ("attention", "none"):
+            raise ConfigError(f"oscar: value_weighting must be 'attention' or 'none', got {value_weighting!r}")
+        if not 0 < mean_bits <= MAX_BITS:
+            raise ConfigError(f"oscar: mean_bits must be in (0, {MAX_BITS}], got {mean_bits}")
+        if segment_width <= 0 or segment_width % 8:
+            raise ConfigError(f"oscar: segment_width must be a positive multiple of 8 (whole bytes at any "
+                              f"bit width), got {segment_width}")
+        self.mean_bits = float(mean_bits)
+        self.segment_width = int(segment_width)
+        self.levels = levels
+        self.ridge = float(ridge)
+        self.whiten = bool(whiten)
+        self.waterfill = bool(waterfill)
+        self.value_transform = bool(value_transform)
+        self.value_weighting = value_weighting
+        self.target_context = target_context
+        self.scale_iters = int(scale_iters)
+        if key_mean not in ("rope", "global"):
+            raise ConfigError(f"oscar: key_mean must be 'rope' (position-dependent) or 'global', got {key_mean!r}")
+        self.key_mean = key_mean
+        self.layers: dict[int, dict[str, LayerCodebook]] = {}
+        self._tables = {b: gaussian_levels(b, levels) for b in range(1, MAX_BITS + 1)}
+
+    def options(self) -> dict:
+        return {**super().options(), "mean_bits": self.mean_bits, "segment_width": self.segment_width,
+                "levels": self.levels, "ridge": self.ridge, "whiten": self.whiten, "waterfill": self.waterfill,
+                "value_transform": self.value_transform, "value_weighting": self.value_weighting,
+                "target_context": self.target_context, "scale_iters": self.scale_iters,
+                "key_mean": self.key_mean}
+
+    # ----- fitting ---------------------------------------------------------------------------
+    def _fit(self, stats) -> None:
+        d = self._require_head_dim()
+        if d % self.segment_width:
+            raise ConfigError(f"oscar: head dim {d} is not a multiple of segment_width {self.segment_width}")
+        self.layers = {st.layer: self._fit_layer(st) for st in stats}
+
+    def _key_moments(self, st):
+        """(Q [H,d,d], key mean [H,d], key cov [H,d,d], pre-RoPE mean [H,d] removed per position).
+
+        With key_mean="rope" the pre-RoPE mean m is removed at each position (k - R_p m), so the
+        key covariance is the pre-RoPE covariance averaged over positions in [0, L); L is the
+        target context (default: the calibrated one). With a target context the query moment is
+        position-averaged too (closed form, DESIGN.md section 3)."""
+        L = self.target_context
+        pre = st.has_pre_rope and st.inv_freq is not None
+        n = float(st.n_tokens)
+        Q = st.query_moment
+        if L is not None and pre:
+            Q = rope_average_moment(st.q_pre_sq / float(st.n_queries), st.inv_freq, L)
+        if self.key_mean == "rope":
+            if not pre:
+                raise ConfigError("oscar: key_mean='rope' needs pre-RoPE statistics (collect_statistics records "
+                                  "them for RoPE models); use key_mean='global' for this model")
+            m_pre = st.k_pre_sum / n
+            C_pre = st.k_pre_sq / n - m_pre[:, :, None] * m_pre[:, None, :]
+            C = rope_average_moment(C_pre, st.inv_freq, L or st.max_position)
+            return Q, torch.zeros_like(m_pre), C, m_pre
+        if L is not None and pre:
+            m = rope_average_mean(st.k_pre_sum / n, st.inv_freq, L)
+            second = rope_average_moment(st.k_pre_sq / n, st.inv_freq, L)
+            return Q, m, second - m[:, :, None] * m[:, None, :], torch.zeros_like(m)
+        m, C = st.key_mean_cov()
+        return Q, m, C, torch.zeros_like(m)
+
+    def _fit_layer(self, st) -> dict[str, LayerCodebook]:
+        d, H, G = st.head_dim, st.num_kv_heads, st.num_q_heads // st.num_kv_heads
+        Q, k_mean, k_cov, k_rope_mean = self._key_moments(st)
+        kt = metric_whitened_transform(Q, k_cov, k_mean, self.ridge, whiten=self.whiten)
+        v_mean, v_cov = st.value_mean_cov(weighted=self.value_weighting == "attention")
+        if self.value_weighting == "attention":
+            v_mean = st.value_mean_cov()[0]  # the quantizer centres on the plain mean
+            v_cov = v_cov + (st.value_mean_cov(weighted=True)[0] - v_mean)[:, :, None] * (
+                st.value_mean_cov(weighted=True)[0] - v_mean)[:, None, :]
+        vt = metric_whitened_transform(st.w_o_gram, v_cov, v_mean, self.ridge, whiten=self.value_transform)
+        if not self.value_transform:  # ablation: no value rotation, channels only sorted by variance
+            var = torch.diagonal(v_cov, dim1=-2, dim2=-1).clamp_min(0).double()
+            order = torch.argsort(var, dim=-1, descending=True)  # [H, d]
+            P = torch.eye(d, dtype=torch.float64)[order]  # [H, d, d] permutation: x' = P x
+            vt.T, vt.T_inv = P, P.transpose(-1, -2)
+            vt.mean = torch.einsum("hij,hj->hi", P, v_mean.double())
+            vt.mu = torch.gather(var, -1, order)
+        # Importances in output-error units (see DESIGN.md section 3): keys mu * G * g / d, values mu * a2.
+        k_imp = (kt.mu * (G * st.g / d)[:, None]).sum(0)
+        v_imp = (vt.mu * st.a2[:, None]).sum(0)
+        budget = int(round(self.mean_bits * 2 * d))
+        if self.waterfill:
+            dist = [level_distortion(b, self.levels) for b in range(MAX_BITS + 1)]
+            w = self.segment_width
+            budget = (budget // w) * w
+            bits = allocate_bits(torch.cat([k_imp, v_imp]).tolist(), budget, dist, width=w)
+        else:
+            bits = [int(round(self.mean_bits))] * (2 * d)
+        k_bits, v_bits = torch.tensor(bits[:d]), torch.tensor(bits[d:])
+        inv_freq = st.inv_freq if st.inv_freq is not None else torch.zeros(d // 2, dtype=torch.float64)
+        return {"k": self._codebook(kt, k_bits, k_rope_mean, inv_freq),
+                "v": self._codebook(vt, v_bits, torch.zeros(H, d), inv_freq)}
+
+    @staticmethod
+    def _codebook(t, bits, rope_mean, inv_freq) -> LayerCodebook:
+        return LayerCodebook(T=t.T.float(), T_inv=t.T_inv.float(), mean=t.mean.float(),
+                             std=t.mu.clamp_min(1e-12).sqrt().float(), bits=bits.to(torch.int64),
+                             rope_mean=rope_mean.float(), inv_freq=inv_freq.double())
+
+    # ----- encode / decode -------------------------------------------------------------------
+    def codebook(self, layer: int, kind: str) -> LayerCodebook:
+        if layer not in self.layers:
+            raise ConfigError(f"oscar: no transforms for layer {layer}; the artifact covers layers "
+                              f"{min(self.layers)}..{max(self.layers)}" if self.layers else "oscar: not fitted")
+        return self.layers[layer][kind]
+
+    def transform(self, x: torch.Tensor, layer: int, kind: str) -> torch.Tensor:
+        """x: [T, H, d] -> x' = T x per head."""
+        cb = self.codebook(layer, kind)
+        return torch.einsum("hij,thj->thi", cb.T.to(x.device), x.float())
+
+    def _segments(self, bits: torch.Tensor) -> list[tuple[int, int, int]]:
+        """[(start, width, bits)] runs of the layout."""
+        out, start = [], 0
+        for w, b in runs(bits.tolist()):
+            out.append((start, w, b))
+            start += w
+        return out
+
+    def _encode(self, x: torch.Tensor, kind: str, layer: int, positions=None) -> dict[str, torch.Tensor]:
+        cb = self.codebook(layer, kind)
+        T, H, d = x.shape
+        dev = x.device
+        extra = {}
+        if cb.position_mean:
+            if positions is None:
+                raise ConfigError("oscar: keys need positions (key_mean='rope' removes a position-dependent "
+                                  "mean); pass positions=... or calibrate with key_mean='global'")
+            x = x - cb.mean_at(positions)
+            extra["positions"] = positions.to(torch.int32)  # implicit in a paged cache's slot index
+        z = (self.transform(x, layer, kind) - cb.mean.to(dev)) / cb.std.to(dev)  # [T, H, d]
+        coded = cb.bits.to(dev) > 0
+        scale = z[..., coded].pow(2).mean(-1).sqrt().clamp_min(1e-6)
+        weight = cb.std.to(dev).pow(2)  # channel error in output units is std^2 (z - scale * level)^2
+        for _ in range(self.scale_iters):
+            codes, lev = self._quantize(z / scale[..., None], cb.bits)
+            # least-squares scale for these codes, weighted by the channels' output-error units
+            num = (weight * z * lev).sum(-1)
+            den = (weight * lev * lev).sum(-1).clamp_min(1e-12)
+            scale = torch.where(num > 0, num / den, scale).clamp_min(1e-6)
+        scale = scale.half()
+        codes, _ = self._quantize(z / scale.float()[..., None], cb.bits)
+        return {"codes": codes.reshape(T, H, -1), "scale": scale, **extra}
+
+    def _quantize(self, zn: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """zn: [T, H, d] normalized -> (packed codes [T*H, bytes] uint8, chosen levels [T, H, d])."""
+        T, H, d = zn.shape
+        lev = torch.zeros_like(zn)
+        packed = []
+        for start, w, b in self._segments(bits):
+            if b == 0:
+                continue
+            table = self._tables[b].to(zn.device)
+            idx = nearest_level(zn[..., start:start + w].reshape(T * H, w), table)
+            lev[..., start:start + w] = table[idx.long()].reshape(T, H, w)
+            packed.append(pack_bits(idx, b))
+        codes = torch.cat(packed, dim=-1) if packed else torch.zeros(T * H, 0, dtype=torch.uint8, device=zn.device)
+        return codes, lev
+
+    def _decode(self, payload, kind, layer, T, H, D) -> torch.Tensor:
+        cb = self.codebook(layer, kind)
+        dev = payload["scale"].device
+        codes = payload["codes"].reshape(T * H, -1)
+        zn = torch.zeros(T * H, D, device=dev)
+        byte = 0
+        for start, w, b in self._segments(cb.bits):
+            if b == 0:
+                continue
+            nbytes = w * b // 8
+            idx = unpack_bits(codes[:, byte:byte + nbytes], b, w)
+            zn[:, start:start + w] = self._tables[b].to(dev)[idx.long()]
+            byte += nbytes
+        z = zn.reshape(T, H, D) * payload["scale"].float()[..., None]
+        xp = cb.mean.to(dev) + cb.std.to(dev) * z
+        x = torch.einsum("hij,thj->thi", cb.T_inv.to(dev), xp)
+        if cb.position_mean:
+            x = x + cb.mean_at(payload["positions"].long())
+        return x
+
+    def _quantized_bits(self, kind: str) -> float:
+        d = self._require_head_dim()
+        if not self.layers:
+            return self.mean_bits + SCALE_BITS / d  # before fit: the nominal layout's cost
+        per_layer = [float(cb[kind].bits.sum()) / d for cb in self.layers.values()]
+        return sum(per_layer) / len(per_layer) + SCALE_BITS / d
+
+    # ----- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for layer, kinds in self.layers.items():
+            for kind, cb in kinds.items():
+                for name in _TENSORS:
+                    out[f"layers.{layer}.{kind}.{name}"] = getattr(cb, name).contiguous()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        layers: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+        for key, t in state.items():
+            parts = key.split(".")
+            if len(parts) != 4 or parts[0] != "layers" or parts[2] not in ("k", "v") or not parts[1].isdigit():
+                raise ConfigError(f"oscar: unexpected tensor {key!r} in state dict")
+            layers.setdefault(int(parts[1]), {}).setdefault(parts[2], {})[parts[3]] = t
+        out = {}
+        for layer, kinds in layers.items():
+            out[layer] = {}
+            for kind in ("k", "v"):
+                got = kinds.get(kind, {})
+                missing = set(_TENSORS) - set(got)
+                if missing:
+                    raise ConfigError(f"oscar: layer {layer} {kind}: missing tensors {sorted(missing)}")
+                out[layer][kind] = LayerCodebook(**{n: got[n] for n in _TENSORS})
+        self.layers = out
+        if out:
+            self.head_dim = int(next(iter(out.values()))["k"].T.shape[-1])
+        self.fitted = True
+
+    def layouts(self) -> dict[int, dict[str, list[tuple[int, int]]]]:
+        """Per layer: {"k": [(width, bits), ...], "v": [...]}."""
+        return {l: {k: runs(cb.bits.tolist()) for k, cb in kinds.items()} for l, kinds in self.layers.items()}

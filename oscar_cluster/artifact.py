@@ -91,7 +91,11 @@ def save_artifact(out_dir: str | os.PathLike, codec: codecs.Codec, fingerprint: 
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)  # put the previous artifact back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
@@ -164,7 +168,7 @@ def load_artifact(path: str | os.PathLike, model=None, fingerprint: dict | None 
     try:
         codec = codecs.get(str(meta["codec"]), **meta["options"])
         codec.load_state_dict(state)
-    except OscarError as e:
+    except (OscarError, RuntimeError) as e:
         raise ArtifactError(f"{d}: {e}") from None
     codec.metadata = meta
     return codec

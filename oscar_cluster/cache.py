@@ -49,6 +49,7 @@ class OscarLayer(DynamicLayer):
         T = key_states.shape[-2]
         if self.prefilling and T == 1 and self.n_seen > 0:
             self.prefilling = False
+            self._flush()  # bf16 prefill ends: the prompt is read through the codec from now on
         keys = torch.cat([self.keys, self.tail_k, key_states], dim=-2)
         values = torch.cat([self.values, self.tail_v, value_states], dim=-2)
         self.tail_k = torch.cat([self.tail_k, key_states.to(torch.bfloat16).to(key_states.dtype)], dim=-2)

@@ -44,9 +44,11 @@ def mean_rotation(omega: torch.Tensor, context_len: int) -> tuple[torch.Tensor, 
     half = 0.5 * w
     s_half = torch.sin(half)
     small = s_half.abs() < 1e-12
-    ratio = torch.where(small, torch.ones_like(w), torch.sin(L * half) / (L * torch.where(small, torch.ones_like(s_half), s_half)))
+    ratio = torch.sin(L * half) / (L * torch.where(small, torch.ones_like(s_half), s_half))
     phase = (L - 1) * half
-    return ratio * torch.cos(phase), ratio * torch.sin(phase)
+    # w a multiple of 2 pi: every term is 1
+    return (torch.where(small, torch.ones_like(w), ratio * torch.cos(phase)),
+            torch.where(small, torch.zeros_like(w), ratio * torch.sin(phase)))
 
 
 def rope_average_moment(X: torch.Tensor, inv_freq: torch.Tensor, context_len: int) -> torch.Tensor:

@@ -40,7 +40,9 @@ class Encoded:
     raw: torch.Tensor | None = None
 
     def nbytes(self) -> int:
-        """Bytes actually held by this payload (codes as stored, scales, bf16 tokens)."""
+        """Bytes actually held by this payload (codes as stored, scales, bf16 tokens). `oscar`
+        packs its codes; the reference int codecs keep one code per byte, so for them this exceeds
+        the packed cost that `bits_per_element` reports."""
         total = sum(t.numel() * t.element_size() for t in self.payload.values())
         if self.raw is not None:
             total += self.raw.numel() * self.raw.element_size()

@@ -288,24 +288,46 @@ class OscarCodec(Codec):
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load per-layer codebooks, checking names, shapes, dtypes and the bit layout."""
         layers: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
         for key, t in state.items():
             parts = key.split(".")
-            if len(parts) != 4 or parts[0] != "layers" or parts[2] not in ("k", "v") or not parts[1].isdigit():
+            if (len(parts) != 4 or parts[0] != "layers" or not parts[1].isdigit() or parts[2] not in ("k", "v")
+                    or parts[3] not in _TENSORS):
                 raise ConfigError(f"oscar: unexpected tensor {key!r} in state dict")
             layers.setdefault(int(parts[1]), {}).setdefault(parts[2], {})[parts[3]] = t
+        if not layers:
+            raise ConfigError("oscar: state dict holds no layers")
+        first = next(iter(layers.values())).get("k", {}).get("T")
+        if first is None or first.dim() != 3:
+            raise ConfigError("oscar: layer tensors missing or T is not [H, d, d]")
+        H, d = int(first.shape[0]), int(first.shape[-1])
+        shapes = {"T": (H, d, d), "T_inv": (H, d, d), "mean": (H, d), "std": (H, d), "bits": (d,),
+                  "rope_mean": (H, d), "inv_freq": (d // 2,)}
         out = {}
-        for layer, kinds in layers.items():
+        for layer, kinds in sorted(layers.items()):
             out[layer] = {}
             for kind in ("k", "v"):
                 got = kinds.get(kind, {})
                 missing = set(_TENSORS) - set(got)
                 if missing:
                     raise ConfigError(f"oscar: layer {layer} {kind}: missing tensors {sorted(missing)}")
+                for name, shape in shapes.items():
+                    if tuple(got[name].shape) != shape:
+                        raise ConfigError(f"oscar: layer {layer} {kind}.{name} has shape {tuple(got[name].shape)}, "
+                                          f"expected {shape}")
+                bits = got["bits"]
+                if bits.is_floating_point() or int(bits.min()) < 0 or int(bits.max()) > MAX_BITS:
+                    raise ConfigError(f"oscar: layer {layer} {kind}.bits must be integers in 0..{MAX_BITS}")
+                for start, w, b in self._segments(bits):
+                    if (w * b) % 8:
+                        raise ConfigError(f"oscar: layer {layer} {kind}: segment of {w} channels at {b} bits "
+                                          "is not whole bytes")
+                if bool((got["std"] <= 0).any()):
+                    raise ConfigError(f"oscar: layer {layer} {kind}.std must be positive")
                 out[layer][kind] = LayerCodebook(**{n: got[n] for n in _TENSORS})
         self.layers = out
-        if out:
-            self.head_dim = int(next(iter(out.values()))["k"].T.shape[-1])
+        self.head_dim = d
         self.fitted = True
 
     def layouts(self) -> dict[int, dict[str, list[tuple[int, int]]]]:

@@ -28,6 +28,14 @@ class LayerSample:
     v: torch.Tensor
     w_o: torch.Tensor
     scaling: float
+    _reference: torch.Tensor | None = None
+
+    def reference_output(self) -> torch.Tensor:
+        """y = W_o o with exact keys and values: [T, hidden] (computed once)."""
+        if self._reference is None:
+            T = self.q.shape[0]
+            self._reference = causal_attention(self.q, self.k, self.v, self.scaling).reshape(T, -1) @ self.w_o.T
+        return self._reference
 
 
 def capture_layers(model, input_ids: torch.Tensor) -> list[LayerSample]:
@@ -59,7 +67,7 @@ def layer_output_error(codec, sample: LayerSample) -> float:
     pos = torch.arange(T)
     k_hat = codec.roundtrip(sample.k, "k", sample.layer, pos).float()
     v_hat = codec.roundtrip(sample.v, "v", sample.layer, pos).float()
-    y = causal_attention(sample.q, sample.k, sample.v, sample.scaling).reshape(T, -1) @ sample.w_o.T
+    y = sample.reference_output()
     y_hat = causal_attention(sample.q, k_hat, v_hat, sample.scaling).reshape(T, -1) @ sample.w_o.T
     return float(torch.linalg.norm(y_hat - y) / torch.linalg.norm(y).clamp_min(1e-30))
 

@@ -12,6 +12,7 @@ Prints one table and writes `demo.json` beside the artifact.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -108,6 +109,8 @@ def run_demo(out_dir: str, model_name: str = "smollm2-135m", max_tokens: int = 1
         "eval_tokens": eval_tokens, "codecs": rows,
         "needle": {"tokens": len(prompt), "expected": ANSWER, "answers": answers},
         "seconds_total": round(time.perf_counter() - t0, 1),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["oscar-demo"] + (sys.argv[1:] if sys.argv and "demo" in sys.argv[0] else [])),
         "host": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                  "threads": torch.get_num_threads()},
     }

@@ -29,6 +29,7 @@ VARIANTS = {
     "uniform levels": {"levels": "uniform"},
     "no least-squares scale refit": {"scale_iters": 0},
     "unweighted value covariance": {"value_weighting": "none"},
+    "unweighted key covariance": {"key_weighting": "none"},
     "ridge 0.01": {"ridge": 0.01},
     "segment width 16": {"segment_width": 16},
     "mean 2.5 bits": {"mean_bits": 2.5},

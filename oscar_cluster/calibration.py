@@ -11,6 +11,7 @@ What is summed, per KV head h with GQA group G and head dim d:
   k_sum/k_sq, v_sum/v_sq   [H, d], [H, d, d]   key / value first and second moments (post-RoPE keys)
   q_pre_sq, k_pre_sum, k_pre_sq   the same with RoPE undone (for the closed-form position average)
   vw_sum/vw_sq/vw_total   values weighted by a_i^2, the squared attention they receive
+  kw_sum/kw_sq/kw_total   pre-RoPE keys weighted by a_i^2 ||W_o,g (v_i - o)||^2, their share of g
   g_sum     [H]  sum over queries of sum_i a_i^2 ||W_o,g (v_i - o)||^2 (key-error cost scale)
   a2_sum    [H]  sum over queries of sum_i a_i^2 (value-error cost scale)
   w_o_gram  [H, d, d]  sum_g W_o,g^T W_o,g over the group (a weight property, not a sum over data)
@@ -32,7 +33,7 @@ __all__ = ["LayerStatistics", "collect_statistics", "tokenize_corpus", "corpus_h
 MIN_CALIBRATION_TOKENS = 1024
 _SUM_FIELDS = (
     "q_sq", "k_sum", "k_sq", "v_sum", "v_sq", "q_pre_sq", "k_pre_sum", "k_pre_sq",
-    "vw_sum", "vw_sq", "vw_total", "g_sum", "a2_sum", "n_tokens", "n_queries", "n_attn",
+    "vw_sum", "vw_sq", "vw_total", "kw_sum", "kw_sq", "kw_total", "g_sum", "a2_sum", "n_tokens", "n_queries", "n_attn",
 )
 
 
@@ -64,6 +65,9 @@ class LayerStatistics:
     vw_sum: torch.Tensor
     vw_sq: torch.Tensor
     vw_total: torch.Tensor  # [H]
+    kw_sum: torch.Tensor  # [H, d]
+    kw_sq: torch.Tensor  # [H, d, d]
+    kw_total: torch.Tensor  # [H]
     g_sum: torch.Tensor  # [H]
     a2_sum: torch.Tensor  # [H]
     w_o_gram: torch.Tensor  # [H, d, d]
@@ -78,7 +82,7 @@ class LayerStatistics:
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
         return cls(layer, num_q_heads, num_kv_heads, head_dim, z(()), z(()), z(()),
                    z(H, d, d), z(H, d), z(H, d, d), z(H, d), z(H, d, d), z(H, d, d), z(H, d), z(H, d, d),
-                   z(H, d), z(H, d, d), z(H), z(H), z(H), z(H, d, d))
+                   z(H, d), z(H, d, d), z(H), z(H, d), z(H, d, d), z(H), z(H), z(H), z(H, d, d))
 
     @classmethod
     def from_samples(
@@ -128,7 +132,8 @@ class LayerStatistics:
             st.has_pre_rope = True
             st.inv_freq = inv_freq.detach().double().cpu()
             qp = unapply_rope(qd, pos, st.inv_freq).reshape(T, H, G, d)[keep]
-            kp = unapply_rope(kd, pos, st.inv_freq)[keep]
+            k_pre_all = unapply_rope(kd, pos, st.inv_freq)
+            kp = k_pre_all[keep]
             st.q_pre_sq += _gram(qp.transpose(1, 2).reshape(-1, H, d))
             st.k_pre_sum += kp.sum(0).double()
             st.k_pre_sq += _gram(kp)
@@ -142,10 +147,12 @@ class LayerStatistics:
             wg = w.reshape(w.shape[0], Hq, d).permute(1, 0, 2)  # [Hq, hidden, d]
             m_g = wg.transpose(1, 2) @ wg
         st.w_o_gram = m_g.reshape(H, G, d, d).sum(1).clone()
-        st._accumulate_attention(qd, kd, vd, m_g, pos, sinks, scaling or d ** -0.5, query_chunk, query_stride)
+        k_for_weights = k_pre_all if inv_freq is not None else kd
+        st._accumulate_attention(qd, kd, vd, m_g, pos, sinks, scaling or d ** -0.5, query_chunk, query_stride,
+                                 k_for_weights)
         return st
 
-    def _accumulate_attention(self, q, k, v, m_g, pos, sinks, scale, chunk, stride) -> None:
+    def _accumulate_attention(self, q, k, v, m_g, pos, sinks, scale, chunk, stride, k_w) -> None:
         """Adds g_sum, a2_sum and the a^2-weighted value moments from exact causal attention
         (float32 matmuls, float64 sums)."""
         T, Hq, d = q.shape
@@ -163,6 +170,7 @@ class LayerStatistics:
         vMv = (vM * vf[:, None]).sum(-1)  # [H, G, T]
         sink_key = pos < sinks
         w_key = torch.zeros(H, T, dtype=torch.float64)
+        g_key = torch.zeros(H, T, dtype=torch.float64)  # per key: sum_q a^2 ||W (v - o)||^2
         for s in range(0, len(rows), chunk):
             e = min(len(rows), s + chunk)
             logits = (qf[:, :, s:e] @ kf[:, None].transpose(-1, -2)) * scale  # [H, G, Tq, T]
@@ -175,12 +183,20 @@ class LayerStatistics:
             term2 = 2 * ((p @ vf[:, None]) * oM).sum(-1)
             term3 = p.sum(-1) * (oM * o).sum(-1)
             self.g_sum += (term1 - term2 + term3).double().sum((1, 2))
+            pt = p.transpose(-1, -2)  # [H, G, T, Tq]
+            per_key = (vMv * p.sum(-2) - 2 * ((pt @ oM) * vf[:, None]).sum(-1)
+                       + (pt @ (oM * o).sum(-1, keepdim=True))[..., 0])  # [H, G, T]
+            g_key += per_key.double().sum(1)
             self.a2_sum += p.double().sum((1, 2, 3))
             w_key += p.double().sum((1, 2))
         vd = v.double()
         self.vw_total += w_key.sum(1)
         self.vw_sum += torch.einsum("hk,khd->hd", w_key, vd)
         self.vw_sq += torch.einsum("hk,khi,khj->hij", w_key, vd, vd)
+        kd = k_w.double()
+        self.kw_total += g_key.sum(1)
+        self.kw_sum += torch.einsum("hk,khd->hd", g_key, kd)
+        self.kw_sq += torch.einsum("hk,khi,khj->hij", g_key, kd, kd)
 
     # ----- merging ---------------------------------------------------------------------------
     def __add__(self, other: "LayerStatistics") -> "LayerStatistics":

@@ -83,6 +83,7 @@ class OscarCodec(Codec):
         target_context: int | None = None,
         scale_iters: int = 2,
         key_mean: str = "rope",
+        key_weighting: str = "attention",
     ):
         super().__init__(sinks=sinks, recent=recent, head_dim=head_dim)
         if levels not in ("lloyd", "uniform"):
@@ -107,6 +108,9 @@ class OscarCodec(Codec):
         if key_mean not in ("rope", "global"):
             raise ConfigError(f"oscar: key_mean must be 'rope' (position-dependent) or 'global', got {key_mean!r}")
         self.key_mean = key_mean
+        if key_weighting not in ("attention", "none"):
+            raise ConfigError(f"oscar: key_weighting must be 'attention' or 'none', got {key_weighting!r}")
+        self.key_weighting = key_weighting
         self.layers: dict[int, dict[str, LayerCodebook]] = {}
         self._tables = {b: gaussian_levels(b, levels) for b in range(1, MAX_BITS + 1)}
 
@@ -115,7 +119,7 @@ class OscarCodec(Codec):
                 "levels": self.levels, "ridge": self.ridge, "whiten": self.whiten, "waterfill": self.waterfill,
                 "value_transform": self.value_transform, "value_weighting": self.value_weighting,
                 "target_context": self.target_context, "scale_iters": self.scale_iters,
-                "key_mean": self.key_mean}
+                "key_mean": self.key_mean, "key_weighting": self.key_weighting}
 
     # ----- fitting ---------------------------------------------------------------------------
     def _fit(self, stats) -> None:
@@ -143,6 +147,13 @@ class OscarCodec(Codec):
                                   "them for RoPE models); use key_mean='global' for this model")
             m_pre = st.k_pre_sum / n
             C_pre = st.k_pre_sq / n - m_pre[:, :, None] * m_pre[:, None, :]
+            if self.key_weighting == "attention" and bool((st.kw_total > 0).all()):
+                # keys weighted by their share of the output error (a^2 ||W_o (v - o)||^2), centred on
+                # the plain mean the quantizer removes
+                w = st.kw_total[:, None]
+                dm = st.kw_sum / w - m_pre
+                C_pre = st.kw_sq / w[..., None] - (st.kw_sum / w)[:, :, None] * (st.kw_sum / w)[:, None, :] \
+                    + dm[:, :, None] * dm[:, None, :]
             C = rope_average_moment(C_pre, st.inv_freq, L or st.max_position)
             return Q, torch.zeros_like(m_pre), C, m_pre
         if L is not None and pre:

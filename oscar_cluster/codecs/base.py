@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
+from ..bits import BF16_BITS, true_bits_per_element
 from ..errors import ConfigError
 
 __all__ = ["Encoded", "Codec", "BF16_BITS"]
 
-BF16_BITS = 16
 
 
 @dataclass
@@ -128,9 +128,7 @@ class Codec:
         recent window in bf16."""
         if context_len <= 0:
             raise ConfigError(f"context_len must be positive, got {context_len}")
-        n_raw = min(context_len, self.sinks + self.recent)
-        q = self.quantized_bits_per_element()
-        return (n_raw * BF16_BITS + (context_len - n_raw) * q) / context_len
+        return true_bits_per_element(self.quantized_bits_per_element(), context_len, self.sinks + self.recent)
 
     def kv_bytes_per_token(self, context_len: int, num_layers: int, kv_heads: int) -> float:
         """Average KV bytes per token for a whole model at `context_len`."""

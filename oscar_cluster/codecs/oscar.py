@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..bits import OSCAR_MEAN_BITS, OSCAR_SCALE_BITS, OSCAR_SINKS, oscar_quantized_bits
 from ..errors import ConfigError
 from ..rope import apply_rope, rope_average_mean, rope_average_moment
 from ..transforms import metric_whitened_transform
@@ -25,7 +26,7 @@ from .quantizers import MAX_BITS, gaussian_levels, level_distortion, nearest_lev
 
 __all__ = ["OscarCodec", "LayerCodebook"]
 
-SCALE_BITS = 16
+SCALE_BITS = OSCAR_SCALE_BITS
 _TENSORS = ("T", "T_inv", "mean", "std", "bits", "rope_mean", "inv_freq")
 
 
@@ -69,10 +70,10 @@ class OscarCodec(Codec):
 
     def __init__(
         self,
-        sinks: int = 4,
+        sinks: int = OSCAR_SINKS,
         recent: int = 0,
         head_dim: int | None = None,
-        mean_bits: float = 2.0,
+        mean_bits: float = OSCAR_MEAN_BITS,
         segment_width: int = 8,
         levels: str = "lloyd",
         ridge: float = 0.3,
@@ -285,7 +286,7 @@ class OscarCodec(Codec):
     def _quantized_bits(self, kind: str) -> float:
         d = self._require_head_dim()
         if not self.layers:
-            return self.mean_bits + SCALE_BITS / d  # before fit: the nominal layout's cost
+            return oscar_quantized_bits(d, self.mean_bits)  # before fit: the nominal layout's cost
         per_layer = [float(cb[kind].bits.sum()) / d for cb in self.layers.values()]
         return sum(per_layer) / len(per_layer) + SCALE_BITS / d
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from oscar_cluster.artifact import load_artifact
 from oscar_cluster.calibrate_cli import main

@@ -36,6 +36,7 @@ class CalibrationConfig:
     target_context: int | None = None
     mean_bits: float = 2.0
     overwrite: bool = False
+    device: str = "cpu"
     version: int = 1
     codec_options: dict = field(default_factory=dict)
 
@@ -88,7 +89,7 @@ def calibrate(cfg: CalibrationConfig, progress: bool = True) -> tuple[Path, dict
         raise ConfigError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
     files = list(cfg.data) or [str(p) for p in shakespeare_files()]
     texts = read_texts(files)
-    model, tok = load(cfg.model)
+    model, tok = load(cfg.model, device=cfg.device)
     codec, record, _ = calibrate_model(model, tok, texts, cfg, progress)
     record["config"] = {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite")}
     path = save_artifact(out, codec, fingerprint(model), record, overwrite=cfg.overwrite)

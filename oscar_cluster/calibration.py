@@ -40,7 +40,7 @@ _SUM_FIELDS = (
 def _gram(x: torch.Tensor) -> torch.Tensor:
     """x: [N, H, d] -> sum_n x x^T per head: [H, d, d] float64."""
     xh = x.transpose(0, 1)
-    return (xh.transpose(1, 2) @ xh).double()
+    return (xh.transpose(1, 2) @ xh).double().cpu()
 
 
 @dataclass
@@ -116,17 +116,18 @@ class LayerStatistics:
             raise ConfigError(f"query heads {Hq} are not a multiple of KV heads {H}")
         G = Hq // H
         st = cls.zeros(layer, Hq, H, d)
-        pos = torch.arange(T) if positions is None else torch.as_tensor(positions).cpu()
+        dev = q.device  # per-sample products run where q lives (GPU when calibrating on one)
+        pos = torch.arange(T, device=dev) if positions is None else torch.as_tensor(positions).to(dev)
         keep = pos >= sinks
         # Per-sample products in float32 (matmuls), accumulated in float64.
-        qd, kd, vd = (t.detach().float().cpu() for t in (q, k, v))
+        qd, kd, vd = (t.detach().float().to(dev) for t in (q, k, v))
         st.n_tokens += float(keep.sum())
         st.n_queries += float(keep.sum()) * G
         st.max_position = int(pos.max()) + 1 if T else 0
         st.q_sq += _gram(qd.reshape(T, H, G, d)[keep].transpose(1, 2).reshape(-1, H, d))
-        st.k_sum += kd[keep].sum(0).double()
+        st.k_sum += kd[keep].sum(0).double().cpu()
         st.k_sq += _gram(kd[keep])
-        st.v_sum += vd[keep].sum(0).double()
+        st.v_sum += vd[keep].sum(0).double().cpu()
         st.v_sq += _gram(vd[keep])
         if inv_freq is not None:
             st.has_pre_rope = True
@@ -135,7 +136,7 @@ class LayerStatistics:
             k_pre_all = unapply_rope(kd, pos, st.inv_freq)
             kp = k_pre_all[keep]
             st.q_pre_sq += _gram(qp.transpose(1, 2).reshape(-1, H, d))
-            st.k_pre_sum += kp.sum(0).double()
+            st.k_pre_sum += kp.sum(0).double().cpu()
             st.k_pre_sq += _gram(kp)
         # Per-query-head output metric M_g = W_g^T W_g.
         if w_o is None:
@@ -158,19 +159,20 @@ class LayerStatistics:
         T, Hq, d = q.shape
         H = k.shape[1]
         G = Hq // H
-        rows = torch.arange(0, T, stride)
+        dev = q.device
+        rows = torch.arange(0, T, stride, device=dev)
         rows = rows[pos[rows] >= sinks]  # queries past the sinks
         qpos = pos[rows]
         qf = q[rows].float().reshape(len(rows), H, G, d).permute(1, 2, 0, 3)  # [H, G, Tq, d]
         self.n_attn += float(len(rows) * G)
         kf = k.float().permute(1, 0, 2)  # [H, T, d]
         vf = v.float().permute(1, 0, 2)
-        mg = m_g.float().reshape(H, G, d, d)
+        mg = m_g.float().to(dev).reshape(H, G, d, d)
         vM = torch.einsum("hkd,hgde->hgke", vf, mg)  # [H, G, T, d]
         vMv = (vM * vf[:, None]).sum(-1)  # [H, G, T]
         sink_key = pos < sinks
-        w_key = torch.zeros(H, T, dtype=torch.float64)
-        g_key = torch.zeros(H, T, dtype=torch.float64)  # per key: sum_q a^2 ||W (v - o)||^2
+        w_key = torch.zeros(H, T, dtype=torch.float64, device=dev)
+        g_key = torch.zeros(H, T, dtype=torch.float64, device=dev)  # per key: sum_q a^2 ||W (v - o)||^2
         for s in range(0, len(rows), chunk):
             e = min(len(rows), s + chunk)
             logits = (qf[:, :, s:e] @ kf[:, None].transpose(-1, -2)) * scale  # [H, G, Tq, T]
@@ -182,21 +184,21 @@ class LayerStatistics:
             term1 = (p @ vMv[..., None])[..., 0]
             term2 = 2 * ((p @ vf[:, None]) * oM).sum(-1)
             term3 = p.sum(-1) * (oM * o).sum(-1)
-            self.g_sum += (term1 - term2 + term3).double().sum((1, 2))
+            self.g_sum += (term1 - term2 + term3).double().sum((1, 2)).cpu()
             pt = p.transpose(-1, -2)  # [H, G, T, Tq]
             per_key = (vMv * p.sum(-2) - 2 * ((pt @ oM) * vf[:, None]).sum(-1)
                        + (pt @ (oM * o).sum(-1, keepdim=True))[..., 0])  # [H, G, T]
             g_key += per_key.double().sum(1)
-            self.a2_sum += p.double().sum((1, 2, 3))
+            self.a2_sum += p.double().sum((1, 2, 3)).cpu()
             w_key += p.double().sum((1, 2))
         vd = v.double()
-        self.vw_total += w_key.sum(1)
-        self.vw_sum += torch.einsum("hk,khd->hd", w_key, vd)
-        self.vw_sq += torch.einsum("hk,khi,khj->hij", w_key, vd, vd)
+        self.vw_total += w_key.sum(1).cpu()
+        self.vw_sum += torch.einsum("hk,khd->hd", w_key, vd).cpu()
+        self.vw_sq += torch.einsum("hk,khi,khj->hij", w_key, vd, vd).cpu()
         kd = k_w.double()
-        self.kw_total += g_key.sum(1)
-        self.kw_sum += torch.einsum("hk,khd->hd", g_key, kd)
-        self.kw_sq += torch.einsum("hk,khi,khj->hij", g_key, kd, kd)
+        self.kw_total += g_key.sum(1).cpu()
+        self.kw_sum += torch.einsum("hk,khd->hd", g_key, kd).cpu()
+        self.kw_sq += torch.einsum("hk,khi,khj->hij", g_key, kd, kd).cpu()
 
     # ----- merging ---------------------------------------------------------------------------
     def __add__(self, other: "LayerStatistics") -> "LayerStatistics":

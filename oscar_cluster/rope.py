@@ -19,7 +19,7 @@ __all__ = ["apply_rope", "unapply_rope", "mean_rotation", "rope_average_moment",
 
 
 def _angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    return positions.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # [T, d/2]
+    return positions.to(torch.float64)[:, None] * inv_freq.to(positions.device, torch.float64)[None, :]  # [T, d/2]
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, sign: float = 1.0) -> torch.Tensor:

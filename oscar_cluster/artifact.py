@@ -68,6 +68,9 @@ def save_artifact(out_dir: str | os.PathLike, codec: codecs.Codec, fingerprint: 
             raise ArtifactError(f"{out} already holds an artifact; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: give the artifact the usual permissions
     try:
         state = {k: v.detach().cpu().clone().contiguous() for k, v in codec.state_dict().items()}
         save_file(state, str(tmp / TENSORS_NAME), metadata={"format_version": str(FORMAT_VERSION)})
@@ -87,6 +90,8 @@ def save_artifact(out_dir: str | os.PathLike, codec: codecs.Codec, fingerprint: 
             meta.update(_plain(extra))
         with open(tmp / YAML_NAME, "w") as f:
             yaml.safe_dump(meta, f, sort_keys=False, width=120)
+        for f in (tmp / TENSORS_NAME, tmp / YAML_NAME):
+            os.chmod(f, 0o666 & ~umask)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

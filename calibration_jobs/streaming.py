@@ -21,23 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from oscar_cluster.calibration import MIN_CALIBRATION_TOKENS, LayerStatistics, tokenize_corpus
+from oscar_cluster.calibration import LayerStatistics, calibration_sequences
 from oscar_cluster.capture import attention_modules, capturing, model_dims, rope_inv_freq
-from oscar_cluster.errors import CalibrationDataError, ConfigError
+from oscar_cluster.errors import ConfigError
 
 __all__ = ["LayerStreamer", "decoder_parts", "calibration_sequences"]
-
-
-def calibration_sequences(tokenizer, texts: list[str], max_tokens: int, seq_len: int) -> list[torch.Tensor]:
-    """The sequences `collect_statistics` runs: one token stream of at most `max_tokens`, cut into
-    `seq_len` pieces, a tail shorter than min(256, seq_len) dropped. Each: [T] long."""
-    stream = tokenize_corpus(tokenizer, texts, max_tokens)
-    if stream.numel() < MIN_CALIBRATION_TOKENS:
-        raise CalibrationDataError(
-            f"calibration text gave {stream.numel()} tokens; at least {MIN_CALIBRATION_TOKENS} are needed "
-            f"(more is better: cover the target context, e.g. 16K-32K tokens); add more text files")
-    seqs = [stream[i:i + seq_len] for i in range(0, stream.numel(), seq_len)]
-    return [s for s in seqs if s.numel() >= min(256, seq_len)]
 
 
 def decoder_parts(model) -> tuple[torch.nn.Module, torch.nn.ModuleList]:

@@ -28,7 +28,8 @@ from .errors import CalibrationDataError, ConfigError
 from .capture import attention_modules, capturing, model_dims, rope_inv_freq
 from .rope import unapply_rope
 
-__all__ = ["LayerStatistics", "collect_statistics", "tokenize_corpus", "corpus_hash", "MIN_CALIBRATION_TOKENS"]
+__all__ = ["LayerStatistics", "collect_statistics", "calibration_sequences", "tokenize_corpus", "corpus_hash",
+           "MIN_CALIBRATION_TOKENS"]
 
 MIN_CALIBRATION_TOKENS = 1024
 _SUM_FIELDS = (
@@ -280,6 +281,18 @@ def corpus_hash(texts: list[str]) -> str:
     return h.hexdigest()
 
 
+def calibration_sequences(tokenizer, texts: list[str], max_tokens: int, seq_len: int) -> list[torch.Tensor]:
+    """One token stream of at most `max_tokens`, cut into `seq_len` pieces; a tail shorter than
+    min(256, seq_len) is dropped. Each: [T] long. Needs MIN_CALIBRATION_TOKENS tokens."""
+    stream = tokenize_corpus(tokenizer, texts, max_tokens)
+    if stream.numel() < MIN_CALIBRATION_TOKENS:
+        raise CalibrationDataError(
+            f"calibration text gave {stream.numel()} tokens; at least {MIN_CALIBRATION_TOKENS} are needed "
+            f"(more is better: cover the target context, e.g. 16K-32K tokens); add more text files")
+    seqs = [stream[i:i + seq_len] for i in range(0, stream.numel(), seq_len)]
+    return [s for s in seqs if s.numel() >= min(256, seq_len)]
+
+
 def collect_statistics(
     model,
     tokenizer,
@@ -298,13 +311,7 @@ def collect_statistics(
     """
     from tqdm.auto import tqdm
 
-    stream = tokenize_corpus(tokenizer, texts, max_tokens)
-    if stream.numel() < MIN_CALIBRATION_TOKENS:
-        raise CalibrationDataError(
-            f"calibration text gave {stream.numel()} tokens; at least {MIN_CALIBRATION_TOKENS} are needed "
-            f"(more is better: cover the target context, e.g. 16K-32K tokens); add more text files")
-    seqs = [stream[i:i + seq_len] for i in range(0, stream.numel(), seq_len)]
-    seqs = [s for s in seqs if s.numel() >= min(256, seq_len)]
+    seqs = calibration_sequences(tokenizer, texts, max_tokens, seq_len)
     _, Hq, H, d = model_dims(model)
     attn = attention_modules(model)
     inv_freq = rope_inv_freq(model)

@@ -17,7 +17,7 @@ NUM_GPUS = 4
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The address of the session's Ray cluster (ray is initialized in this process)."""
-    ray = pytest.importorskip("ray")
+    import ray  # pinned in requirements.txt: a missing Ray must fail, not skip
     ray.init(num_cpus=NUM_CPUS, num_gpus=NUM_GPUS, include_dashboard=False, object_store_memory=256 * 2**20,
              log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address

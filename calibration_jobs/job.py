@@ -30,7 +30,7 @@ import torch
 
 from oscar_cluster import codecs
 from oscar_cluster.artifact import check_fingerprint, read_metadata, save_artifact
-from oscar_cluster.calibrate import CalibrationConfig
+from oscar_cluster.calibrate import CalibrationConfig, codec_options
 from oscar_cluster.calibration import LayerStatistics, corpus_hash
 from oscar_cluster.corpora import read_texts, shakespeare_files
 from oscar_cluster.errors import ArtifactError, ConfigError, OscarError
@@ -40,7 +40,7 @@ from .placement import plan_workers, shard
 from .streaming import calibration_sequences
 from .summary import layer_rows
 
-__all__ = ["ClusterConfig", "calibrate_distributed", "codec_options", "connect"]
+__all__ = ["ClusterConfig", "calibrate_distributed", "connect"]
 
 _PER_LAYER_FIT = ("oscar", "oscar-paper")  # codecs whose fit is independent per layer
 
@@ -91,17 +91,6 @@ def _fit_remote(W, codec_name, opts, st):
     threads = torch.get_num_threads()
     cpus = max(1, min(threads, int(ray.cluster_resources().get("CPU", 1))))
     return W.fit_layer.options(num_cpus=cpus).remote(codec_name, opts, st, threads)
-
-def codec_options(cfg: CalibrationConfig, max_position_embeddings: int | None) -> tuple[dict, int]:
-    """(codec options, target context) exactly as the in-process calibrate_model sets them."""
-    target = cfg.target_context or int(max_position_embeddings or cfg.seq_len)
-    opts = dict(cfg.codec_options)
-    if cfg.codec == "oscar":
-        opts.setdefault("target_context", target)
-        opts.setdefault("mean_bits", cfg.mean_bits)
-        opts.setdefault("sinks", cfg.sinks)
-    return opts, target
-
 
 def connect(address: str | None) -> bool:
     """Make sure Ray is initialized; True if this call started it (the caller shuts it down)."""

@@ -18,7 +18,7 @@ from .calibration import collect_statistics, corpus_hash
 from .corpora import read_texts, shakespeare_files
 from .errors import ConfigError
 
-__all__ = ["CalibrationConfig", "calibrate", "calibrate_model"]
+__all__ = ["CalibrationConfig", "calibrate", "calibrate_model", "codec_options"]
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,28 @@ class CalibrationConfig:
             raise ConfigError(f"unknown codec {self.codec!r}; valid names: {', '.join(codecs.names())}")
 
 
+def codec_options(cfg: CalibrationConfig, max_position_embeddings: int | None) -> tuple[dict, int]:
+    """(codec options, target context) for a run: the target defaults to the model's maximum."""
+    target = cfg.target_context or int(max_position_embeddings or cfg.seq_len)
+    opts = dict(cfg.codec_options)
+    if cfg.codec == "oscar":
+        opts.setdefault("target_context", target)
+        opts.setdefault("mean_bits", cfg.mean_bits)
+        opts.setdefault("sinks", cfg.sinks)
+    return opts, target
+
+
 def calibrate_model(model, tokenizer, texts: list[str], cfg: CalibrationConfig, progress: bool = True):
     """Fit `cfg.codec` on `texts`; returns (codec, record, stats): the run's description and the
     per-layer statistics."""
     from .models import fingerprint
 
     fp = fingerprint(model)
-    target = cfg.target_context or int(fp.get("max_position_embeddings") or cfg.seq_len)
+    opts, target = codec_options(cfg, fp.get("max_position_embeddings"))
     t0 = time.perf_counter()
     stats = collect_statistics(model, tokenizer, texts, max_tokens=cfg.max_tokens, seq_len=cfg.seq_len,
                                sinks=cfg.sinks, progress=progress)
     t_stats = time.perf_counter() - t0
-    opts = dict(cfg.codec_options)
-    if cfg.codec == "oscar":
-        opts.setdefault("target_context", target)
-        opts.setdefault("mean_bits", cfg.mean_bits)
-        opts.setdefault("sinks", cfg.sinks)
     codec = codecs.get(cfg.codec, **opts).fit(stats)
     record = {
         "data_sha256": corpus_hash(texts),

@@ -30,6 +30,17 @@ SCALE_BITS = OSCAR_SCALE_BITS
 _TENSORS = ("T", "T_inv", "mean", "std", "bits", "rope_mean", "inv_freq")
 
 
+def _second_moment_about(mean: torch.Tensor, w_sum: torch.Tensor, w_sq: torch.Tensor,
+                         w_total: torch.Tensor) -> torch.Tensor:
+    """Weighted second moment about `mean` (the mean the quantizer removes), from weighted sums.
+
+    mean, w_sum: [H, d]; w_sq: [H, d, d]; w_total: [H] -> E_w[(x - mean)(x - mean)^T]: [H, d, d]."""
+    w = w_total.clamp_min(1e-30)
+    m_w = w_sum / w[:, None]
+    dm = m_w - mean
+    return w_sq / w[:, None, None] - m_w[:, :, None] * m_w[:, None, :] + dm[:, :, None] * dm[:, None, :]
+
+
 @dataclass
 class LayerCodebook:
     """Everything one layer needs, for one kind ("k" or "v"); float32.
@@ -151,10 +162,7 @@ class OscarCodec(Codec):
             if self.key_weighting == "attention" and bool((st.kw_total > 0).all()):
                 # keys weighted by their share of the output error (a^2 ||W_o (v - o)||^2), centred on
                 # the plain mean the quantizer removes
-                w = st.kw_total[:, None]
-                dm = st.kw_sum / w - m_pre
-                C_pre = st.kw_sq / w[..., None] - (st.kw_sum / w)[:, :, None] * (st.kw_sum / w)[:, None, :] \
-                    + dm[:, :, None] * dm[:, None, :]
+                C_pre = _second_moment_about(m_pre, st.kw_sum, st.kw_sq, st.kw_total)
             C = rope_average_moment(C_pre, st.inv_freq, L or st.max_position)
             return Q, torch.zeros_like(m_pre), C, m_pre
         if L is not None and pre:
@@ -168,11 +176,9 @@ class OscarCodec(Codec):
         d, H, G = st.head_dim, st.num_kv_heads, st.num_q_heads // st.num_kv_heads
         Q, k_mean, k_cov, k_rope_mean = self._key_moments(st)
         kt = metric_whitened_transform(Q, k_cov, k_mean, self.ridge, whiten=self.whiten)
-        v_mean, v_cov = st.value_mean_cov(weighted=self.value_weighting == "attention")
-        if self.value_weighting == "attention":
-            v_mean = st.value_mean_cov()[0]  # the quantizer centres on the plain mean
-            v_cov = v_cov + (st.value_mean_cov(weighted=True)[0] - v_mean)[:, :, None] * (
-                st.value_mean_cov(weighted=True)[0] - v_mean)[:, None, :]
+        v_mean, v_cov = st.value_mean_cov()
+        if self.value_weighting == "attention":  # weighted by a^2, centred on the plain mean
+            v_cov = _second_moment_about(v_mean, st.vw_sum, st.vw_sq, st.vw_total)
         vt = metric_whitened_transform(st.w_o_gram, v_cov, v_mean, self.ridge, whiten=self.value_transform)
         if not self.value_transform:  # ablation: no value rotation, channels only sorted by variance
             var = torch.diagonal(v_cov, dim1=-2, dim2=-1).clamp_min(0).double()

@@ -10,14 +10,10 @@ host, versions, date and command.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 
-import torch
+from _record import provenance, write_result  # benchmarks/ is on sys.path when run as a script
+
 
 VARIANTS = {
     "oscar (default: target = model max)": {},
@@ -66,14 +62,9 @@ def run(out: str, max_tokens: int, eval_tokens: int) -> dict:
         "benchmark": "oscar ablations, geomean relative attention-output error (all but 4 sinks quantized)",
         "model": "smollm2-135m", "calibration_tokens": max_tokens, "calibration_seconds": round(t_cal, 1),
         "eval_tokens": eval_tokens, "target_context": target, "rows": rows,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "host": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-                 "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"},
+        **provenance(),
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(out, result)
 
 
 if __name__ == "__main__":

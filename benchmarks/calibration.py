@@ -13,15 +13,13 @@ date and command.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _record import provenance, write_result  # benchmarks/ is on sys.path when run as a script
 
 import torch
 
@@ -75,15 +73,9 @@ def run(out: str, max_tokens: int = 16384, seq_len: int = 2048, workers: tuple[i
         "rows": rows,
         "notes": "seconds_wall for in-process includes the model load; for Ray, placement, worker processes, "
                  "one model load per worker, the layer loop and the fits (ray.init apart).",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "host": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                 "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-                 "threads": torch.get_num_threads(), "device": "cpu"},
+        **provenance(ray=ray.__version__),
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_result(out, result)
 
 
 if __name__ == "__main__":

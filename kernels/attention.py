@@ -1,0 +1,466 @@
+"""Paged attention over the packed OSCAR cache: decode (split-K) and chunked prefill, one kernel.
+
+Batch layout (vLLM's varlen shape). Sequence b has `prefix_lens[b]` cached tokens (positions
+0..prefix-1: the first `tables.sinks` in the bf16 sink buffers, the rest in packed pages reached
+through `block_table[b]`) and `q_len[b] = cu_q[b+1] - cu_q[b]` fresh tokens at positions
+prefix..prefix+q_len-1, given in full precision (`q, k_new, v_new` rows cu_q[b]..cu_q[b+1]).
+Fresh token i attends to the whole prefix and to fresh tokens <= i (causal). Decode is q_len = 1;
+chunked prefill is any q_len, the chunk against itself in full precision and against the prefix
+through the codes, merged in one online softmax (a log-sum-exp merge).
+
+Per packed token with scale s_k, level vector L_k, position p (DESIGN.md section 6):
+    q.k = (q k_W) . (s_k L_k) + q . k_b + q . R_p m
+computed as one matrix product per tile on the codes' levels, a per-row constant, and the RoPE
+mean term sum_i A_i cos(p w_i) + B_i sin(p w_i), where cos/sin of (p0 + n) w come from the
+tile start p0 (float64 angle) and a [BLOCK_N, d/2] table by the angle-sum identity. Values are
+accumulated in the codec's space (sum p s_v L_v) and mapped back once: (.) v_W + (sum p) v_b.
+
+`paged_attention_reference` is the spec: it decodes the slots with `OscarCodec._decode` and runs
+exact attention in float64. `paged_attention_bf16` runs the same kernel on bf16 pages (the
+same-design bf16 baseline of the benchmarks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..codecs.oscar import OscarCodec
+from ..errors import ConfigError
+from .layout import LayerTables
+from .write_kv import check_cache, read_slots
+
+__all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_attention_bf16",
+           "paged_attention_reference", "paged_attention_bf16_reference", "rope_tile_table"]
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _levels(base, byte_ptr, shift_ptr, mask_ptr, two_ptr, lbase_ptr, lev_ptr, ok, D: tl.constexpr,
+            TWO_BYTE: tl.constexpr):
+    """Level of every channel of every token: base [N] slot pointers -> [N, D] float32."""
+    d = tl.arange(0, D)
+    addr = base[:, None] + tl.load(byte_ptr + d)[None, :]
+    word = tl.load(addr, mask=ok[:, None], other=0).to(tl.int32)
+    if TWO_BYTE:
+        two = tl.load(two_ptr + d)
+        word = word | (tl.load(addr + 1, mask=ok[:, None] & (two[None, :] != 0), other=0).to(tl.int32) << 8)
+    code = (word >> tl.load(shift_ptr + d)[None, :]) & tl.load(mask_ptr + d)[None, :]
+    return tl.load(lev_ptr + tl.load(lbase_ptr + d)[None, :] + code)
+
+
+@triton.jit
+def _scale(ptr, ok):
+    """fp16 scale stored little-endian at ptr [N] -> [N] float32."""
+    lo = tl.load(ptr, mask=ok, other=0).to(tl.int32)
+    hi = tl.load(ptr + 1, mask=ok, other=0).to(tl.int32)
+    return ((hi << 8) | lo).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _attn_kernel(
+    qt_ptr, qo_ptr, cm_ptr,  # [Tq, Hq, D] q k_W, [Tq, Hq, D] q, [Tq, Hq] q.k_b; all times sm_scale*log2(e)
+    rm_ptr, invf_ptr, cn_ptr, sn_ptr,  # [H, D] rope mean; [D/2] float64; [BLOCK_N, D/2] cos/sin(n w)
+    cache_ptr, kc_ptr, vc_ptr,  # packed pages [slots, H, slot_bytes] | bf16 pages [slots, H, D] (PACKED=False)
+    bt_ptr, bt_stride, prefix_ptr, cuq_ptr,
+    sk_ptr, sv_ptr,  # [B, S, H, D] sink buffers
+    kn_ptr, vn_ptr,  # [Tq, H, D] fresh keys and values
+    kbyte, kshift, kmask, ktwo, klb, vbyte, vshift, vmask, vtwo, vlb, lev_ptr,
+    acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr,  # [NS, Tq, Hq, D] x2, [NS, Tq, Hq] x3
+    Tq, Hq, H, G, block_size, n_sinks, slot_bytes, ks_off, vs_off, tiles_per_split, n_qblocks,
+    D: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, G_P2: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_ROPE: tl.constexpr,
+    PACKED: tl.constexpr, TWO_BYTE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    split = tl.program_id(2)
+    seq = pid // n_qblocks
+    qb = pid % n_qblocks
+    q0 = tl.load(cuq_ptr + seq)
+    q_len = tl.load(cuq_ptr + seq + 1) - q0
+    if qb * BLOCK_Q >= q_len:
+        return
+    prefix = tl.load(prefix_ptr + seq)
+    d = tl.arange(0, D)
+    r = tl.arange(0, BLOCK_M)
+    g = r % G_P2
+    qpos = qb * BLOCK_Q + r // G_P2  # fresh index of the row's query token
+    row_ok = (r // G_P2 < BLOCK_Q) & (qpos < q_len) & (g < G)
+    row = (q0 + qpos).to(tl.int64) * Hq + h * G + g  # [M] flat (token, head)
+    qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    lq = tl.zeros([BLOCK_M], tl.float32)
+    acc_t = tl.zeros([BLOCK_M, D], tl.float32)
+    acc_o = tl.zeros([BLOCK_M, D], tl.float32)
+
+    # ---- cached prefix from the pages ----
+    n_tiles = tl.cdiv(prefix, BLOCK_N)
+    tile_lo = split * tiles_per_split
+    tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
+    n = tl.arange(0, BLOCK_N)
+    if PACKED:
+        qt = tl.load(qt_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+        cm = tl.load(cm_ptr + row, mask=row_ok, other=0.0)
+        if HAS_ROPE:
+            i = tl.arange(0, HALF)
+            qa = tl.load(qo_ptr + row[:, None] * D + i[None, :], mask=row_ok[:, None], other=0.0)
+            qb_ = tl.load(qo_ptr + row[:, None] * D + HALF + i[None, :], mask=row_ok[:, None], other=0.0)
+            ma = tl.load(rm_ptr + h * D + i)
+            mb = tl.load(rm_ptr + h * D + HALF + i)
+            ra = qa * ma[None, :] + qb_ * mb[None, :]  # multiplies cos(p w)
+            rb = qb_ * ma[None, :] - qa * mb[None, :]  # multiplies sin(p w)
+            invf = tl.load(invf_ptr + i)
+            cn = tl.load(cn_ptr + n[:, None] * HALF + i[None, :])
+            sn = tl.load(sn_ptr + n[:, None] * HALF + i[None, :])
+    tile = tile_lo
+    while tile < tile_hi:  # while, not range: runtime bounds (the interpreter's range needs Python ints)
+        t = tile * BLOCK_N + n
+        in_seq = t < prefix
+        blk = tl.load(bt_ptr + seq * bt_stride + t // block_size, mask=in_seq, other=0).to(tl.int64)
+        slot = blk * block_size + t % block_size
+        if PACKED:
+            ok = in_seq & (t >= n_sinks)
+            base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
+            kl = _levels(base, kbyte, kshift, kmask, ktwo, klb, lev_ptr, ok, D, TWO_BYTE)
+            ks = _scale(base + ks_off, ok)
+            s = tl.dot(qt, tl.trans(kl), input_precision=PRECISION) * ks[None, :] + cm[:, None]
+            if HAS_ROPE:
+                ang = (tile * BLOCK_N).to(tl.float64) * invf
+                ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+                c0 = tl.cos(ang)
+                s0 = tl.sin(ang)
+                a2 = ra * c0[None, :] + rb * s0[None, :]
+                b2 = rb * c0[None, :] - ra * s0[None, :]
+                s += tl.dot(a2, tl.trans(cn), input_precision=PRECISION)
+                s += tl.dot(b2, tl.trans(sn), input_precision=PRECISION)
+        else:
+            ok = in_seq
+            kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
+            k = tl.load(kc_ptr + kv_off, mask=ok[:, None], other=0.0)
+            if PRECISION == "ieee":  # the CPU interpreter has no bf16 matrix product
+                s = tl.dot(qo, tl.trans(k.to(tl.float32)), input_precision=PRECISION)
+            else:  # bf16 operands, float32 accumulation (as any bf16 attention kernel)
+                s = tl.dot(qo.to(k.dtype), tl.trans(k))
+        s = tl.where(ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if PACKED:
+            vl = _levels(base, vbyte, vshift, vmask, vtwo, vlb, lev_ptr, ok, D, TWO_BYTE)
+            vs = _scale(base + vs_off, ok)
+            acc_t = acc_t * alpha[:, None] + tl.dot(p * vs[None, :], vl, input_precision=PRECISION)
+            lq = lq * alpha + tl.sum(p, axis=1)
+            acc_o = acc_o * alpha[:, None]
+        else:
+            v = tl.load(vc_ptr + kv_off, mask=ok[:, None], other=0.0)
+            if PRECISION == "ieee":
+                acc_o = acc_o * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
+            else:
+                acc_o = acc_o * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+        tile += 1
+
+    # ---- sinks (bf16), first split ----
+    if PACKED:
+        if split == 0:
+            j = tl.arange(0, BLOCK_S)
+            ok = (j < n_sinks) & (j < prefix)
+            s_off = ((seq * n_sinks + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+            k = tl.load(sk_ptr + s_off, mask=ok[:, None], other=0.0).to(tl.float32)
+            s = tl.dot(qo, tl.trans(k), input_precision=PRECISION)
+            s = tl.where(ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            v = tl.load(sv_ptr + s_off, mask=ok[:, None], other=0.0).to(tl.float32)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            lq = lq * alpha
+            acc_t = acc_t * alpha[:, None]
+            acc_o = acc_o * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+            m_i = m_new
+
+    # ---- fresh tokens (full precision, causal), last split ----
+    if split == NUM_SPLITS - 1:
+        hi = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
+        j0 = 0
+        while j0 < hi:
+            j = j0 + n
+            ok = j < hi
+            f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+            k = tl.load(kn_ptr + f_off, mask=ok[:, None], other=0.0).to(tl.float32)
+            s = tl.dot(qo, tl.trans(k), input_precision=PRECISION)
+            s = tl.where(ok[None, :] & (j[None, :] <= qpos[:, None]), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            v = tl.load(vn_ptr + f_off, mask=ok[:, None], other=0.0).to(tl.float32)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            lq = lq * alpha
+            acc_t = acc_t * alpha[:, None]
+            acc_o = acc_o * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+            m_i = m_new
+            j0 += BLOCK_N
+
+    out = split.to(tl.int64) * Tq * Hq + row
+    if NUM_SPLITS == 1:  # normalize here; no reduction pass
+        inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)
+        acc_t = acc_t * inv[:, None]
+        acc_o = acc_o * inv[:, None]
+        lq = lq * inv
+    tl.store(acco_ptr + out[:, None] * D + d[None, :], acc_o, mask=row_ok[:, None])
+    if PACKED:
+        tl.store(acct_ptr + out[:, None] * D + d[None, :], acc_t, mask=row_ok[:, None])
+        tl.store(lq_ptr + out, lq, mask=row_ok)
+    if NUM_SPLITS > 1:
+        tl.store(m_ptr + out, m_i, mask=row_ok)
+        tl.store(l_ptr + out, l_i, mask=row_ok)
+
+
+@triton.jit
+def _reduce_kernel(acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr, ot_ptr, oo_ptr, olq_ptr, rows,
+                   NUM_SPLITS: tl.constexpr, S_P2: tl.constexpr, D: tl.constexpr, PACKED: tl.constexpr):
+    """Merge split-K partials of one (token, head) row by log-sum-exp and normalize."""
+    row = tl.program_id(0).to(tl.int64)
+    sp = tl.arange(0, S_P2)
+    ok = sp < NUM_SPLITS
+    idx = sp.to(tl.int64) * rows + row
+    m = tl.load(m_ptr + idx, mask=ok, other=-1.0e30)
+    l = tl.load(l_ptr + idx, mask=ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    w = tl.where(ok, tl.exp2(m - m_max), 0.0)
+    total = tl.sum(w * l, axis=0)
+    inv = tl.where(total > 0, 1.0 / total, 0.0)
+    d = tl.arange(0, D)
+    acc_o = tl.load(acco_ptr + idx[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+    tl.store(oo_ptr + row * D + d, tl.sum(acc_o * w[:, None], axis=0) * inv)
+    if PACKED:
+        acc_t = tl.load(acct_ptr + idx[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        tl.store(ot_ptr + row * D + d, tl.sum(acc_t * w[:, None], axis=0) * inv)
+        lq = tl.load(lq_ptr + idx, mask=ok, other=0.0)
+        tl.store(olq_ptr + row, tl.sum(lq * w, axis=0) * inv)
+
+
+# ------------------------------------------------------------------------------------------------
+# host side
+
+
+def rope_tile_table(inv_freq: torch.Tensor, block_n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos(n w), sin(n w)) for n in [0, block_n): [block_n, d/2] float32 each."""
+    ang = torch.arange(block_n, dtype=torch.float64, device=inv_freq.device)[:, None] * inv_freq.double()[None, :]
+    return ang.cos().float().to(device).contiguous(), ang.sin().float().to(device).contiguous()
+
+
+def _default_splits(batch: int, kv_heads: int, tiles: int, device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    want = max(1, math.ceil(2 * sms / max(batch * kv_heads, 1)))
+    return max(1, min(want, tiles, 64))
+
+
+def _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D):
+    Tq = q.shape[0]
+    if q.dim() != 3 or q.shape[-1] != D or q.shape[1] % H:
+        raise ConfigError(f"q must be [tokens, q_heads, {D}] with q_heads a multiple of {H} KV heads, "
+                          f"got {tuple(q.shape)}")
+    for name, x in (("k_new", k_new), ("v_new", v_new)):
+        if tuple(x.shape) != (Tq, H, D):
+            raise ConfigError(f"{name} must be [{Tq}, {H}, {D}], got {tuple(x.shape)}")
+    B = prefix_lens.shape[0]
+    if cu_q.shape != (B + 1,) or block_table.dim() != 2 or block_table.shape[0] != B:
+        raise ConfigError(f"cu_q must be [batch+1]={B + 1} and block_table [batch={B}, max_blocks]; got "
+                          f"{tuple(cu_q.shape)} and {tuple(block_table.shape)}")
+    return Tq, B
+
+
+def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed, cache=None, k_cache=None,
+            v_cache=None, tables=None, sink_k=None, sink_v=None, num_splits=None, max_q_len=None,
+            max_prefix=None, block_n=None, block_q=None):
+    H, D = k_new.shape[1], k_new.shape[2]
+    Tq, B = _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D)
+    Hq = q.shape[1]
+    G = Hq // H
+    dev = q.device
+    block_size = (cache if packed else k_cache).shape[1]
+    if max_q_len is None:
+        max_q_len = int((cu_q[1:] - cu_q[:-1]).max()) if B else 0
+    if max_prefix is None:
+        max_prefix = int(prefix_lens.max()) if B else 0
+    G_P2 = triton.next_power_of_2(G)
+    if block_q is None:
+        block_q = 1 if max_q_len <= 1 else max(1, min(triton.next_power_of_2(max_q_len), 128 // G_P2, 16))
+    BLOCK_M = max(16, block_q * G_P2)
+    if block_n is None:
+        block_n = 64 if dev.type == "cuda" else 16
+    tiles = max(1, triton.cdiv(max_prefix, block_n))
+    if num_splits is None:
+        num_splits = _default_splits(B, H, tiles, dev) if max_q_len <= 1 else 1
+    num_splits = max(1, min(int(num_splits), tiles))
+    tiles_per_split = triton.cdiv(tiles, num_splits)
+    n_qblocks = max(1, triton.cdiv(max_q_len, block_q))
+    scale = float(sm_scale) * LOG2E
+    qo = (q.float() * scale).contiguous()
+    f32 = dict(device=dev, dtype=torch.float32)
+    if packed:
+        qg = qo.view(Tq, H, G, D)
+        qt = torch.einsum("thgd,hde->thge", qg, tables.k_W).reshape(Tq, Hq, D).contiguous()
+        cm = torch.einsum("thgd,hd->thg", qg, tables.k_b).reshape(Tq, Hq).contiguous()
+        cn, sn = rope_tile_table(tables.inv_freq, block_n, dev)
+        kt, vt = tables.k, tables.v
+        S = tables.sinks
+        two_byte = bool(int(kt.two.sum()) + int(vt.two.sum()))
+    else:
+        qt = cm = qo
+        cn = sn = qo
+        S = 0
+        two_byte = False
+    acc_o = torch.empty(num_splits, Tq, Hq, D, **f32)
+    acc_t = torch.empty(num_splits, Tq, Hq, D, **f32) if packed else acc_o
+    lq = torch.empty(num_splits, Tq, Hq, **f32)
+    m = torch.empty(num_splits, Tq, Hq, **f32) if num_splits > 1 else lq
+    l = torch.empty(num_splits, Tq, Hq, **f32) if num_splits > 1 else lq
+    dummy_i = cu_q
+    grid = (B * n_qblocks, H, num_splits)
+    _attn_kernel[grid](
+        qt, qo, cm,
+        tables.rope_mean if packed else qo, tables.inv_freq if packed else qo, cn, sn,
+        cache if packed else qo, k_cache if not packed else qo, v_cache if not packed else qo,
+        block_table, block_table.stride(0), prefix_lens, cu_q,
+        sink_k if packed and S else qo, sink_v if packed and S else qo,
+        k_new.contiguous(), v_new.contiguous(),
+        *((kt.byte, kt.shift, kt.mask, kt.two, kt.lbase, vt.byte, vt.shift, vt.mask, vt.two, vt.lbase, tables.levels)
+          if packed else (dummy_i,) * 10 + (qo,)),
+        acc_t, acc_o, lq, m, l,
+        Tq, Hq, H, G, block_size, S, tables.slot_bytes if packed else 0,
+        tables.k_scale_offset if packed else 0, tables.v_scale_offset if packed else 0, tiles_per_split, n_qblocks,
+        D=D, HALF=D // 2, BLOCK_Q=block_q, G_P2=G_P2, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
+        BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), NUM_SPLITS=num_splits,
+        HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed, TWO_BYTE=two_byte,
+        PRECISION="ieee" if dev.type == "cpu" else "tf32",
+    )
+    if num_splits > 1:
+        o_t = torch.empty(Tq, Hq, D, **f32) if packed else None
+        o_o = torch.empty(Tq, Hq, D, **f32)
+        o_lq = torch.empty(Tq, Hq, **f32) if packed else None
+        _reduce_kernel[(Tq * Hq,)](acc_t, acc_o, lq, m, l, o_t if packed else o_o, o_o, o_lq if packed else o_o,
+                                   Tq * Hq, NUM_SPLITS=num_splits, S_P2=triton.next_power_of_2(num_splits), D=D,
+                                   PACKED=packed)
+    else:
+        o_t, o_o, o_lq = acc_t[0], acc_o[0], lq[0]
+    if not packed:
+        return o_o.to(q.dtype)
+    out = torch.einsum("thgd,hde->thge", o_t.view(Tq, H, G, D), tables.v_W)
+    out = out + o_lq.view(Tq, H, G, 1) * tables.v_b[None, :, None, :] + o_o.view(Tq, H, G, D)
+    return out.reshape(Tq, Hq, D).to(q.dtype)
+
+
+def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache: torch.Tensor,
+                    block_table: torch.Tensor, prefix_lens: torch.Tensor, cu_q: torch.Tensor,
+                    sink_k: torch.Tensor, sink_v: torch.Tensor, tables: LayerTables, sm_scale: float, **kw) -> torch.Tensor:
+    """Attention of fresh tokens over the packed prefix and themselves.
+
+    q: [tokens, q_heads, d]; k_new, v_new: [tokens, kv_heads, d] fresh keys/values (full precision);
+    cache: [num_blocks, block_size, kv_heads, slot_bytes] uint8; block_table: [batch, max_blocks]
+    int32; prefix_lens: [batch] int32 cached tokens per sequence; cu_q: [batch+1] int32 offsets of
+    the fresh tokens; sink_k, sink_v: [batch, sinks, kv_heads, d] bf16 (the first positions).
+    Optional: num_splits, max_q_len, max_prefix (ints; pass them to avoid a device sync), block_n.
+    Returns [tokens, q_heads, d] in q's dtype."""
+    check_cache(cache, tables)
+    B = prefix_lens.shape[0]
+    want = (B, tables.sinks, tables.kv_heads, tables.head_dim)
+    if tables.sinks and (tuple(sink_k.shape) != want or tuple(sink_v.shape) != want):
+        raise ConfigError(f"sink_k/sink_v must be {list(want)}, got {tuple(sink_k.shape)} / {tuple(sink_v.shape)}")
+    return _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, packed=True, cache=cache,
+                   tables=tables, sink_k=sink_k.contiguous() if tables.sinks else None,
+                   sink_v=sink_v.contiguous() if tables.sinks else None, **kw)
+
+
+def decode_attention(q, k_new, v_new, cache, block_table, prefix_lens, sink_k, sink_v, tables, sm_scale, **kw):
+    """One new token per sequence (q: [batch, q_heads, d]): split-K flash-decoding over the pages."""
+    B = q.shape[0]
+    cu_q = torch.arange(B + 1, device=q.device, dtype=torch.int32)
+    return paged_attention(q, k_new, v_new, cache, block_table, prefix_lens, cu_q, sink_k, sink_v, tables,
+                           sm_scale, max_q_len=1, **kw)
+
+
+def prefill_attention(q, k_new, v_new, cache, block_table, prefix_lens, cu_q, sink_k, sink_v, tables, sm_scale, **kw):
+    """A chunk of fresh tokens per sequence against the packed prefix and itself (chunked prefill)."""
+    return paged_attention(q, k_new, v_new, cache, block_table, prefix_lens, cu_q, sink_k, sink_v, tables,
+                           sm_scale, num_splits=1, **kw)
+
+
+def paged_attention_bf16(q, k_new, v_new, k_cache, v_cache, block_table, prefix_lens, cu_q, sm_scale, **kw):
+    """The same kernel over bf16 pages k_cache, v_cache: [num_blocks, block_size, kv_heads, d]."""
+    if k_cache.shape != v_cache.shape or k_cache.dim() != 4 or k_cache.shape[2:] != k_new.shape[1:]:
+        raise ConfigError(f"bf16 pages must be [num_blocks, block_size, kv_heads, d] matching k_new; got "
+                          f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    return _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, packed=False, k_cache=k_cache,
+                   v_cache=v_cache, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# references (the spec)
+
+
+def _attend(q, k, v, q_first: int, sm_scale: float) -> torch.Tensor:
+    """Exact causal GQA attention in float64: q [n, Hq, d] at positions q_first.., k/v [L, H, d]."""
+    n, Hq, D = q.shape
+    H = k.shape[1]
+    G = Hq // H
+    kk = k.double().repeat_interleave(G, dim=1)
+    vv = v.double().repeat_interleave(G, dim=1)
+    s = torch.einsum("nhd,lhd->hnl", q.double(), kk) * sm_scale
+    causal = torch.arange(k.shape[0])[None, :] <= (q_first + torch.arange(n))[:, None]
+    s = s.masked_fill(~causal.to(s.device)[None], float("-inf"))
+    return torch.einsum("hnl,lhd->nhd", s.softmax(-1), vv)
+
+
+def paged_attention_reference(q, k_new, v_new, cache, block_table, prefix_lens, cu_q, sink_k, sink_v,
+                              codec: OscarCodec, layer: int, tables: LayerTables, sm_scale: float) -> torch.Tensor:
+    """The spec of `paged_attention`: slots decoded by `OscarCodec._decode`, sinks and fresh tokens
+    as given, exact attention (float64). Returns [tokens, q_heads, d] float32."""
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    bs = cache.shape[1]
+    flat = cache.view(-1, cache.shape[2], cache.shape[3])
+    S = tables.sinks
+    for b in range(prefix_lens.shape[0]):
+        P = int(prefix_lens[b])
+        lo, hi = int(cu_q[b]), int(cu_q[b + 1])
+        if hi == lo:
+            continue
+        pos = torch.arange(P, device=q.device)
+        slots = block_table[b, pos // bs].long() * bs + pos % bs
+        k, v = read_slots(codec, layer, flat[slots], pos, tables)
+        n_s = min(S, P)
+        if n_s:
+            k[:n_s], v[:n_s] = sink_k[b, :n_s].float(), sink_v[b, :n_s].float()
+        k = torch.cat([k, k_new[lo:hi].float()])
+        v = torch.cat([v, v_new[lo:hi].float()])
+        out[lo:hi] = _attend(q[lo:hi], k, v, P, sm_scale).float()
+    return out
+
+
+def paged_attention_bf16_reference(q, k_new, v_new, k_cache, v_cache, block_table, prefix_lens, cu_q, sm_scale):
+    """The spec of `paged_attention_bf16`: gather the bf16 pages, exact attention (float64)."""
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    bs = k_cache.shape[1]
+    kf, vf = k_cache.view(-1, *k_cache.shape[2:]), v_cache.view(-1, *v_cache.shape[2:])
+    for b in range(prefix_lens.shape[0]):
+        P = int(prefix_lens[b])
+        lo, hi = int(cu_q[b]), int(cu_q[b + 1])
+        if hi == lo:
+            continue
+        pos = torch.arange(P, device=q.device)
+        slots = block_table[b, pos // bs].long() * bs + pos % bs
+        k = torch.cat([kf[slots].float(), k_new[lo:hi].float()])
+        v = torch.cat([vf[slots].float(), v_new[lo:hi].float()])
+        out[lo:hi] = _attend(q[lo:hi], k, v, P, sm_scale).float()
+    return out

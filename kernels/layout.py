@@ -1,0 +1,189 @@
+"""The packed page layout the kernels read and write, and the per-layer tables they need.
+
+Paged cache: `cache: [num_blocks, block_size, kv_heads, slot_bytes]` uint8. One slot holds one
+token of one KV head (DESIGN.md section 6):
+
+    [ K codes (k_bytes) | V codes (v_bytes) | pad | K scale fp16 | V scale fp16 ]
+                                                   ^ slot_bytes - 4
+
+K and V codes are exactly the `oscar` codec's packed payload (runs of equal bit width, each run a
+little-endian bit stream), so a slot decodes with `OscarCodec._decode`. The scales sit at a fixed
+offset from the end, so every layer shares one slot size even when the layer's K/V split differs.
+
+The first `codec.sinks` positions of every sequence are kept in bf16 beside the pages
+(`sink_k, sink_v: [batch, sinks, kv_heads, d]`); their slots are written but never read.
+
+Per channel j the kernels need: the byte holding its code (`byte`), the shift inside the 16-bit
+little-endian word starting there (`shift`), the code mask (`mask`, 0 for 0-bit channels), whether
+the code crosses into the next byte (`two`), and where its bit width's level row starts in the
+level table (`lbase`); for encoding also the decision thresholds (`thresh: [d, 16]`, +inf beyond
+the table).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..codecs.oscar import OscarCodec
+from ..codecs.quantizers import MAX_BITS
+from ..errors import ConfigError
+
+__all__ = ["SCALE_BYTES", "ChannelTable", "LayerTables", "slot_bytes_for", "layer_tables", "level_table"]
+
+SCALE_BYTES = 4  # fp16 K scale + fp16 V scale
+LEVELS_PER_ROW = 16  # 2**MAX_BITS entries per bit width in the level table
+
+
+def level_table(codec: OscarCodec) -> torch.Tensor:
+    """[(MAX_BITS + 1) * 16] float32: row b holds the b-bit level table (row 0 is zeros)."""
+    tab = torch.zeros(MAX_BITS + 1, LEVELS_PER_ROW)
+    for b in range(1, MAX_BITS + 1):
+        tab[b, : 1 << b] = codec._tables[b]
+    return tab.reshape(-1)
+
+
+@dataclass
+class ChannelTable:
+    """Where each channel's code lives in a slot and how to read it. All [d] int32 except thresh.
+
+    byte: byte offset from the slot start (V channels include k_bytes); shift: bit offset inside
+    the little-endian 16-bit word at `byte`; mask: 2**bits - 1; two: 1 where the code crosses into
+    byte + 1; lbase: 16 * bits (row of the level table); thresh: [d, 16] float32 decision
+    thresholds (midpoints of the level table, +inf past the last one); nbytes: code bytes of this
+    kind; max_levels: 2**max(bits) - 1, the thresholds worth testing; coded: channels with bits>0."""
+
+    byte: torch.Tensor
+    shift: torch.Tensor
+    mask: torch.Tensor
+    two: torch.Tensor
+    lbase: torch.Tensor
+    thresh: torch.Tensor
+    nbytes: int
+    max_levels: int
+    coded: int
+
+
+def _channel_table(codec: OscarCodec, bits: torch.Tensor, base_byte: int) -> ChannelTable:
+    d = bits.numel()
+    byte = torch.zeros(d, dtype=torch.int32)
+    shift = torch.zeros(d, dtype=torch.int32)
+    two = torch.zeros(d, dtype=torch.int32)
+    thresh = torch.full((d, LEVELS_PER_ROW), math.inf)
+    bitpos = 0  # runs are whole bytes, so the codec's per-run streams concatenate into one stream
+    for j, b in enumerate(bits.tolist()):
+        if b == 0:
+            continue
+        byte[j] = base_byte + bitpos // 8
+        shift[j] = bitpos % 8
+        two[j] = int(bitpos % 8 + b > 8)
+        lv = codec._tables[b]
+        thresh[j, : (1 << b) - 1] = 0.5 * (lv[1:] + lv[:-1])
+        bitpos += b
+    if bitpos % 8:
+        raise ConfigError(f"oscar layout of {bitpos} bits is not whole bytes")
+    b64 = bits.to(torch.int64)
+    return ChannelTable(byte=byte, shift=shift, mask=((1 << b64) - 1).to(torch.int32), two=two,
+                        lbase=(LEVELS_PER_ROW * b64).to(torch.int32), thresh=thresh, nbytes=bitpos // 8,
+                        max_levels=(1 << int(b64.max())) - 1 if d else 0, coded=int((b64 > 0).sum()))
+
+
+def slot_bytes_for(codec: OscarCodec) -> int:
+    """Bytes of one slot (one token, one KV head, K and V), the same for every layer."""
+    most = max(int(cb["k"].bits.sum() + cb["v"].bits.sum()) // 8 for cb in codec.layers.values())
+    return most + SCALE_BYTES
+
+
+@dataclass
+class LayerTables:
+    """Everything the kernels need for one layer, on one device (float32 unless said).
+
+    Encode (write_kv): k_T, v_T: [H, d, d] forward transforms; k_mean, v_mean, k_std, v_std: [H, d];
+    rope_mean: [H, d] pre-RoPE key mean removed as R_p m (zeros when the codec has none);
+    inv_freq: [d/2] float64.
+    Attend: k_W = T_k^-1 diag(std_k) and k_b = T_k^-1 mean_k, so q.k = (q k_W).(s L[c]) + q.k_b
+    + q.R_p m; v_W = diag(std_v) T_v^-T and v_b = T_v^-1 mean_v, so the output row is
+    (sum p s L[c]) v_W + (sum p) v_b.
+    levels: [(MAX_BITS+1)*16] level table; k, v: channel tables; slot_bytes: slot size."""
+
+    k_T: torch.Tensor
+    v_T: torch.Tensor
+    k_mean: torch.Tensor
+    v_mean: torch.Tensor
+    k_std: torch.Tensor
+    v_std: torch.Tensor
+    rope_mean: torch.Tensor
+    inv_freq: torch.Tensor
+    k_W: torch.Tensor
+    k_b: torch.Tensor
+    v_W: torch.Tensor
+    v_b: torch.Tensor
+    levels: torch.Tensor
+    k: ChannelTable
+    v: ChannelTable
+    slot_bytes: int
+    sinks: int
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.k_T.shape[-1])
+
+    @property
+    def kv_heads(self) -> int:
+        return int(self.k_T.shape[0])
+
+    @property
+    def has_rope_mean(self) -> bool:
+        return bool(self.rope_mean.abs().max() > 0)
+
+    @property
+    def k_scale_offset(self) -> int:
+        return self.slot_bytes - SCALE_BYTES
+
+    @property
+    def v_scale_offset(self) -> int:
+        return self.slot_bytes - SCALE_BYTES + 2
+
+    def to(self, device) -> "LayerTables":
+        """Move every tensor (channel tables included) to `device`, in place; returns self."""
+        for name, val in vars(self).items():
+            if isinstance(val, ChannelTable):
+                for f, t in vars(val).items():
+                    if isinstance(t, torch.Tensor):
+                        setattr(val, f, t.to(device))
+            elif isinstance(val, torch.Tensor):
+                setattr(self, name, val.to(device))
+        return self
+
+
+def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cpu",
+                 slot_bytes: int | None = None) -> LayerTables:
+    """Build the kernel tables of one layer of a fitted `oscar` codec."""
+    if not isinstance(codec, OscarCodec):
+        raise ConfigError(f"the packed kernels implement the 'oscar' codec only, got {codec.name!r}")
+    if codec.recent:
+        raise ConfigError(f"the packed kernels keep no bf16 recent window (codec recent={codec.recent}); "
+                          "use recent=0 or the PyTorch reference cache")
+    kc, vc = codec.codebook(layer, "k"), codec.codebook(layer, "v")
+    d = int(kc.T.shape[-1])
+    if d % 16 or d > 256 or d & (d - 1):
+        raise ConfigError(f"the packed kernels support head dims 16..256 that are powers of two, got {d}")
+    kt = _channel_table(codec, kc.bits, 0)
+    vt = _channel_table(codec, vc.bits, kt.nbytes)
+    sb = slot_bytes if slot_bytes is not None else slot_bytes_for(codec)
+    if kt.nbytes + vt.nbytes + SCALE_BYTES > sb:
+        raise ConfigError(f"layer {layer} needs {kt.nbytes + vt.nbytes + SCALE_BYTES} slot bytes, the cache has {sb}")
+    k_Tinv, v_Tinv = kc.T_inv.double(), vc.T_inv.double()
+    tables = LayerTables(
+        k_T=kc.T.float(), v_T=vc.T.float(), k_mean=kc.mean.float(), v_mean=vc.mean.float(),
+        k_std=kc.std.float(), v_std=vc.std.float(), rope_mean=kc.rope_mean.float(),
+        inv_freq=kc.inv_freq.double(),
+        k_W=(k_Tinv * kc.std.double()[:, None, :]).float(),
+        k_b=torch.einsum("hij,hj->hi", k_Tinv, kc.mean.double()).float(),
+        v_W=(vc.std.double()[:, :, None] * v_Tinv.transpose(-1, -2)).float(),
+        v_b=torch.einsum("hij,hj->hi", v_Tinv, vc.mean.double()).float(),
+        levels=level_table(codec), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks)
+    return tables.to(device)
+

@@ -1,0 +1,215 @@
+"""`write_kv`: encode new keys and values with the `oscar` codec and store them in the paged cache.
+
+Per token and KV head (DESIGN.md section 3): x' = T (x - R_p m), z = (x' - mean) / std, an RMS
+scale refined by weighted least squares (`scale_iters` rounds), nearest levels of each channel's
+bit width, codes packed into the slot (layout: `layout.py`), fp16 scales at the slot's end.
+
+`write_kv_reference` is the spec: it runs `OscarCodec._encode` and copies the payload bytes into
+the slots. The Triton kernel must produce the same slots up to float rounding at decision
+boundaries (the transform is a matrix product whose summation order differs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..codecs.oscar import OscarCodec
+from ..errors import ConfigError
+from .layout import ChannelTable, LayerTables
+
+__all__ = ["write_kv", "write_kv_reference", "check_cache"]
+
+TWO_PI = 2 * math.pi
+MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
+
+
+@triton.jit
+def _write_kind_kernel(
+    x_ptr,  # [T, H, D] keys or values (any float dtype); already transformed when TRANSFORM is False
+    pos_ptr,  # [T] int positions
+    slot_ptr,  # [T] int64 slot index (block * block_size + offset); -1 = padding, skipped
+    cache_ptr,  # [num_slots, H, slot_bytes] uint8
+    t_ptr, mean_ptr, std_ptr, rm_ptr, invf_ptr,  # [H,D,D], [H,D], [H,D], [H,D] float32; [D/2] float64
+    byte_ptr, shift_ptr, lbase_ptr, thr_ptr, lev_ptr,  # channel table [D] int32, thresholds [D,16], levels
+    n_tokens, H, slot_bytes, code_off, n_bytes, scale_off, inv_coded,
+    D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_B: tl.constexpr,
+    NUM_THRESH: tl.constexpr, SCALE_ITERS: tl.constexpr, TRANSFORM: tl.constexpr, HAS_ROPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    h = tl.program_id(1)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    in_range = t < n_tokens
+    d = tl.arange(0, D)
+    slot = tl.load(slot_ptr + t, mask=in_range, other=-1).to(tl.int64)
+    valid = in_range & (slot >= 0)
+    x = tl.load(x_ptr + t[:, None].to(tl.int64) * (H * D) + h * D + d[None, :], mask=valid[:, None],
+                other=0.0).to(tl.float32)
+    if TRANSFORM:
+        if HAS_ROPE:
+            # remove the position-dependent key mean R_p m (rotate_half pairs j and j + D/2)
+            pos = tl.load(pos_ptr + t, mask=valid, other=0).to(tl.float64)
+            invf = tl.load(invf_ptr + (d % HALF))
+            ang = pos[:, None] * invf[None, :]
+            ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+            m_self = tl.load(rm_ptr + h * D + d)
+            m_pair = tl.load(rm_ptr + h * D + (d + HALF) % D)
+            sign = tl.where(d < HALF, -1.0, 1.0)
+            x = x - (m_self[None, :] * tl.cos(ang) + (sign * m_pair)[None, :] * tl.sin(ang))
+        # x' = x T^T: load T[h] transposed as [in, out]
+        tt = tl.load(t_ptr + h * D * D + d[None, :] * D + d[:, None])
+        x = tl.dot(x, tt, input_precision=PRECISION)
+    mean = tl.load(mean_ptr + h * D + d)
+    std = tl.load(std_ptr + h * D + d)
+    z = (x - mean[None, :]) / std[None, :]
+    lbase = tl.load(lbase_ptr + d)
+    coded = (lbase > 0).to(tl.float32)
+    weight = std * std
+    scale = tl.maximum(tl.sqrt(tl.sum(z * z * coded[None, :], axis=1) * inv_coded), 1e-6)
+    for _ in tl.static_range(SCALE_ITERS):
+        zn = z / scale[:, None]
+        code = tl.zeros([BLOCK_T, D], dtype=tl.int32)
+        for i in tl.static_range(NUM_THRESH):
+            code += (zn > tl.load(thr_ptr + d * 16 + i)[None, :]).to(tl.int32)
+        lev = tl.load(lev_ptr + lbase[None, :] + code)
+        num = tl.sum(weight[None, :] * z * lev, axis=1)
+        den = tl.maximum(tl.sum(weight[None, :] * lev * lev, axis=1), 1e-12)
+        scale = tl.maximum(tl.where(num > 0, num / den, scale), 1e-6)
+    scale16 = scale.to(tl.float16)
+    zn = z / scale16.to(tl.float32)[:, None]
+    code = tl.zeros([BLOCK_T, D], dtype=tl.int32)
+    for i in tl.static_range(NUM_THRESH):
+        code += (zn > tl.load(thr_ptr + d * 16 + i)[None, :]).to(tl.int32)
+    # pack: each code lands at (byte, shift); bits of different channels never overlap, so the
+    # byte is the sum of the low and high parts routed by 0/1 matrices (exact in float32)
+    word = code << tl.load(shift_ptr + d)[None, :]
+    rel = tl.load(byte_ptr + d) - code_off
+    b = tl.arange(0, BLOCK_B)
+    route_lo = (rel[:, None] == b[None, :]).to(tl.float32)
+    route_hi = ((rel[:, None] + 1) == b[None, :]).to(tl.float32)
+    packed = tl.dot((word & 255).to(tl.float32), route_lo, input_precision="ieee")
+    packed += tl.dot((word >> 8).to(tl.float32), route_hi, input_precision="ieee")
+    base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
+    tl.store(base[:, None] + code_off + b[None, :], (packed + 0.5).to(tl.int32).to(tl.uint8),
+             mask=valid[:, None] & (b[None, :] < n_bytes))
+    bits16 = scale16.to(tl.int16, bitcast=True).to(tl.int32) & 65535
+    tl.store(base + scale_off, (bits16 & 255).to(tl.uint8), mask=valid)
+    tl.store(base + scale_off + 1, (bits16 >> 8).to(tl.uint8), mask=valid)
+
+
+def check_cache(cache: torch.Tensor, tables: LayerTables) -> tuple[int, int]:
+    """cache: [num_blocks, block_size, H, slot_bytes] uint8 -> (num_blocks, block_size), or a clear error."""
+    if cache.dtype != torch.uint8 or cache.dim() != 4:
+        raise ConfigError(f"packed cache must be uint8 [num_blocks, block_size, kv_heads, slot_bytes], got "
+                          f"{cache.dtype} {tuple(cache.shape)}")
+    if cache.shape[2] != tables.kv_heads or cache.shape[3] != tables.slot_bytes:
+        raise ConfigError(f"packed cache has {cache.shape[2]} KV heads x {cache.shape[3]} slot bytes; the codec "
+                          f"needs {tables.kv_heads} x {tables.slot_bytes}")
+    if not cache.is_contiguous():
+        raise ConfigError("packed cache must be contiguous")
+    return int(cache.shape[0]), int(cache.shape[1])
+
+
+def _check_tokens(name: str, x: torch.Tensor, tables: LayerTables) -> None:
+    if x.dim() != 3 or x.shape[1] != tables.kv_heads or x.shape[2] != tables.head_dim:
+        raise ConfigError(f"{name} must be [tokens, {tables.kv_heads}, {tables.head_dim}], got {tuple(x.shape)}")
+
+
+def _precision(device: torch.device) -> str:
+    return "ieee" if device.type == "cpu" else "tf32x3"
+
+
+def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
+             cache: torch.Tensor, tables: LayerTables, scale_iters: int = 2, block_t: int = 32) -> None:
+    """Encode and store new tokens.
+
+    k, v: [tokens, kv_heads, d] (fp16/bf16/fp32); positions: [tokens] int; slot_mapping: [tokens]
+    int (block * block_size + offset, -1 = padding); cache: [num_blocks, block_size, kv_heads,
+    slot_bytes] uint8, written in place. Sinks (positions < tables.sinks) are written like any
+    token; the attention kernels read them from the bf16 sink buffers instead."""
+    _check_tokens("k", k, tables)
+    _check_tokens("v", v, tables)
+    n = k.shape[0]
+    if v.shape[0] != n or positions.shape != (n,) or slot_mapping.shape != (n,):
+        raise ConfigError(f"k {tuple(k.shape)}, v {tuple(v.shape)}, positions {tuple(positions.shape)} and "
+                          f"slot_mapping {tuple(slot_mapping.shape)} disagree on the token count")
+    nb, bs = check_cache(cache, tables)
+    if n == 0:
+        return
+    H, D = tables.kv_heads, tables.head_dim
+    in_kernel = D <= MAX_IN_KERNEL_TRANSFORM_DIM
+    slots = slot_mapping.to(torch.int64).contiguous()
+    pos = positions.to(torch.int32).contiguous()
+    for kind, x, ct, T, mean, std in (("k", k, tables.k, tables.k_T, tables.k_mean, tables.k_std),
+                                      ("v", v, tables.v, tables.v_T, tables.v_mean, tables.v_std)):
+        rope = kind == "k" and tables.has_rope_mean
+        if in_kernel:
+            src = x.contiguous()
+        else:  # host transform for large heads; same maths
+            xf = x.float()
+            if rope:
+                from ..rope import apply_rope
+
+                m = tables.rope_mean[None].expand(n, -1, -1).contiguous()
+                xf = xf - apply_rope(m, positions.to(x.device), tables.inv_freq)
+            src = torch.einsum("hij,thj->thi", T, xf).contiguous()
+        grid = (triton.cdiv(n, block_t), H)
+        _write_kind_kernel[grid](
+            src, pos, slots, cache, T, mean, std, tables.rope_mean, tables.inv_freq,
+            ct.byte, ct.shift, ct.lbase, ct.thresh, tables.levels,
+            n, H, tables.slot_bytes, _code_offset(kind, tables),
+            ct.nbytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset, 1.0 / max(ct.coded, 1),
+            D=D, HALF=D // 2, BLOCK_T=block_t, BLOCK_B=max(16, triton.next_power_of_2(max(ct.nbytes, 1))),
+            NUM_THRESH=ct.max_levels, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel, HAS_ROPE=rope,
+            PRECISION=_precision(k.device),
+        )
+
+
+def _code_offset(kind: str, tables: LayerTables) -> int:
+    return 0 if kind == "k" else tables.k.nbytes
+
+
+def slots_from_codec(codec: OscarCodec, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                     slot_bytes: int) -> torch.Tensor:
+    """[tokens, kv_heads, slot_bytes] uint8 slots of `k, v` as the codec encodes them (the spec)."""
+    n, H, _ = k.shape
+    ek = codec._encode(k.float(), "k", layer, positions=positions)
+    ev = codec._encode(v.float(), "v", layer, positions=positions)
+    kc, vc = ek["codes"].reshape(n, H, -1), ev["codes"].reshape(n, H, -1)
+    out = torch.zeros(n, H, slot_bytes, dtype=torch.uint8, device=k.device)
+    out[..., : kc.shape[-1]] = kc
+    out[..., kc.shape[-1]: kc.shape[-1] + vc.shape[-1]] = vc
+    out[..., slot_bytes - 4: slot_bytes - 2] = ek["scale"].contiguous().view(torch.uint8).reshape(n, H, 2)
+    out[..., slot_bytes - 2:] = ev["scale"].contiguous().view(torch.uint8).reshape(n, H, 2)
+    return out
+
+
+def write_kv_reference(codec: OscarCodec, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                       slot_mapping: torch.Tensor, cache: torch.Tensor) -> None:
+    """The spec of `write_kv`: `OscarCodec._encode`'s payload copied into the slots (in place)."""
+    slots = slots_from_codec(codec, layer, k, v, positions, cache.shape[-1])
+    keep = slot_mapping >= 0
+    flat = cache.view(-1, cache.shape[2], cache.shape[3])
+    flat[slot_mapping[keep].long()] = slots[keep]
+
+
+def read_slots(codec: OscarCodec, layer: int, slots: torch.Tensor, positions: torch.Tensor,
+               tables: LayerTables) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode slots [tokens, kv_heads, slot_bytes] at `positions` with the codec: (k, v) float32."""
+    n, H, sb = slots.shape
+    D = tables.head_dim
+    if n == 0:
+        empty = torch.empty(0, H, D, device=slots.device)
+        return empty, empty.clone()
+    kb, vb = tables.k.nbytes, tables.v.nbytes
+    out = []
+    for kind, lo, hi, so in (("k", 0, kb, sb - 4), ("v", kb, kb + vb, sb - 2)):
+        payload = {"codes": slots[..., lo:hi].reshape(n * H, -1).contiguous(),
+                   "scale": slots[..., so: so + 2].contiguous().view(torch.float16).reshape(n, H),
+                   "positions": positions.to(torch.int32)}
+        out.append(codec._decode(payload, kind, layer, n, H, D).float())
+    return out[0], out[1]

@@ -1,5 +1,18 @@
 """Triton kernels for the packed OSCAR KV cache (installed as `oscar_cluster.kernels`).
 
-Not built yet: write_kv, decode_attention and prefill_attention arrive with the kernels issue;
-until then the PyTorch reference path (`oscar_cluster.cache.OscarCache`) is the only one.
+- `layout`: the slot layout of the paged cache and the per-layer tables the kernels read.
+- `write_kv`: encode and store new K/V into the pages (reference: `write_kv_reference`).
+- `attention`: decode (split-K) and chunked-prefill attention over the pages
+  (reference: `paged_attention_reference`), and the same kernel over bf16 pages.
+- `paged_cache`: a transformers `Cache` on the pages, attending through the kernels.
+On CPU the kernels run under `TRITON_INTERPRET=1` (tests); on CUDA they compile.
 """
+
+from .attention import (decode_attention, paged_attention, paged_attention_bf16, paged_attention_bf16_reference,
+                        paged_attention_reference, prefill_attention)
+from .layout import LayerTables, layer_tables, slot_bytes_for
+from .write_kv import write_kv, write_kv_reference
+
+__all__ = ["LayerTables", "layer_tables", "slot_bytes_for", "write_kv", "write_kv_reference", "paged_attention",
+           "decode_attention", "prefill_attention", "paged_attention_bf16", "paged_attention_reference",
+           "paged_attention_bf16_reference"]

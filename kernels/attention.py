@@ -283,7 +283,7 @@ def _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D):
 
 def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed, cache=None, k_cache=None,
             v_cache=None, tables=None, sink_k=None, sink_v=None, num_splits=None, max_q_len=None,
-            max_prefix=None, block_n=None, block_q=None):
+            max_prefix=None, block_n=None, block_q=None, poison=False):
     H, D = k_new.shape[1], k_new.shape[2]
     Tq, B = _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D)
     Hq = q.shape[1]
@@ -327,6 +327,9 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
     lq = torch.empty(num_splits, Tq, Hq, **f32)
     m = torch.empty(num_splits, Tq, Hq, **f32) if num_splits > 1 else lq
     l = torch.empty(num_splits, Tq, Hq, **f32) if num_splits > 1 else lq
+    if poison:  # tests: every scratch value the result depends on must be written by the kernel
+        for buf in {id(x): x for x in (acc_o, acc_t, lq, m, l)}.values():
+            buf.fill_(float("nan"))
     dummy_i = cu_q
     grid = (B * n_qblocks, H, num_splits)
     _attn_kernel[grid](
@@ -371,7 +374,8 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     cache: [num_blocks, block_size, kv_heads, slot_bytes] uint8; block_table: [batch, max_blocks]
     int32; prefix_lens: [batch] int32 cached tokens per sequence; cu_q: [batch+1] int32 offsets of
     the fresh tokens; sink_k, sink_v: [batch, sinks, kv_heads, d] bf16 (the first positions).
-    Optional: num_splits, max_q_len, max_prefix (ints; pass them to avoid a device sync), block_n.
+    Optional: num_splits, max_q_len, max_prefix (ints; pass them to avoid a device sync), block_n,
+    block_q, poison (fill scratch with NaN first; for tests).
     Returns [tokens, q_heads, d] in q's dtype."""
     check_cache(cache, tables)
     B = prefix_lens.shape[0]

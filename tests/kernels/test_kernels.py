@@ -1,0 +1,196 @@
+"""Triton kernels against their PyTorch references (CPU: TRITON_INTERPRET=1, set in tests/conftest.py).
+
+Every test draws fresh random inputs, poisons what the kernel must overwrite, and uses odd shapes:
+head dims 64/128/256, GQA 1/3/8, page sizes 16/32/64, ragged prefixes (empty, shorter than the
+sinks, crossing pages), padding slots, fitted and random bit layouts (3-bit codes that straddle
+bytes, 0-bit channels).
+"""
+
+import pytest
+import torch
+
+from oscar_cluster import codecs
+from oscar_cluster.calibration import LayerStatistics
+from oscar_cluster.errors import ConfigError
+from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,
+                                   paged_attention_bf16_reference, paged_attention_reference, write_kv,
+                                   write_kv_reference)
+from oscar_cluster.kernels.write_kv import read_slots
+
+POISON = 0xA5
+
+
+def _fitted(d, H, Hq, seed=0, layers=1, key_mean="rope"):
+    g = torch.Generator().manual_seed(seed)
+    inv_freq = 1e4 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    w_o = torch.randn(64, Hq * d, generator=g) / d ** 0.5
+    stats = []
+    for layer in range(layers):
+        k = torch.randn(192, H, d, generator=g)
+        k[..., :4] = k[..., :4] * 6 + 4.0  # outliers and a large mean, as real keys have
+        q = torch.randn(192, Hq, d, generator=g) * torch.linspace(3, 0.2, d)
+        v = torch.randn(192, H, d, generator=g) * torch.linspace(2, 0.5, d)
+        stats.append(LayerStatistics.from_samples(q, k, v, w_o, layer=layer, sinks=4, inv_freq=inv_freq))
+    return codecs.get("oscar", key_mean=key_mean).fit(stats)
+
+
+def _random_layout(codec, d, g):
+    """Replace layer 0's layouts with random non-increasing ones (runs of 8 channels, 0..4 bits)."""
+    for kind in ("k", "v"):
+        seg = torch.randint(0, 5, (d // 8,), generator=g).sort(descending=True).values
+        codec.layers[0][kind].bits = seg.repeat_interleave(8).to(torch.int64)
+    return codec
+
+
+@pytest.fixture(scope="module", params=[(64, 2, 6), (128, 1, 8), (256, 2, 2)], ids=["d64-g3", "d128-g8", "d256-g1"])
+def setup(request):
+    d, H, Hq = request.param
+    return _fitted(d, H, Hq, seed=d), d, H, Hq
+
+
+def _inputs(n, H, d, g, dtype=torch.float32):
+    k = (torch.randn(n, H, d, generator=g) * 1.5 + 0.5).to(dtype)
+    v = torch.randn(n, H, d, generator=g).to(dtype)
+    return k, v
+
+
+@pytest.mark.parametrize("layout", ["fitted", "random"])
+def test_write_kv_matches_codec(setup, layout):
+    codec, d, H, _ = setup
+    g = torch.Generator().manual_seed(11)
+    if layout == "random":
+        codec = _random_layout(_fitted(d, H, 2 * H, seed=d), d, g)
+    tb = layer_tables(codec, 0)
+    n, nb, bs = 45, 8, 16
+    k, v = _inputs(n, H, d, g)
+    pos = torch.randint(0, 5000, (n,), generator=g)
+    slots = torch.randperm(nb * bs, generator=g)[:n]
+    slots[[3, 17]] = -1  # padding
+    got = torch.full((nb, bs, H, tb.slot_bytes), POISON, dtype=torch.uint8)
+    want = got.clone()
+    write_kv(k, v, pos, slots, got, tb)
+    write_kv_reference(codec, 0, k, v, pos, slots, want)
+    untouched = torch.ones(nb * bs, dtype=torch.bool)
+    untouched[slots[slots >= 0]] = False
+    assert bool((got.view(nb * bs, -1)[untouched] == POISON).all()), "kernel wrote outside slot_mapping"
+    same = (got == want).float().mean().item()
+    assert same >= 0.995, f"only {same:.4f} of the slot bytes equal the codec's encoding"
+    keep = slots >= 0
+    flat_g, flat_w = got.view(nb * bs, H, -1), want.view(nb * bs, H, -1)
+    kg, vg = read_slots(codec, 0, flat_g[slots[keep]], pos[keep], tb)
+    kw, vw = read_slots(codec, 0, flat_w[slots[keep]], pos[keep], tb)
+    # any boundary flips cost no more than the codec's own error
+    for got_x, want_x, x in ((kg, kw, k[keep].float()), (vg, vw, v[keep].float())):
+        assert (got_x - x).pow(2).mean() <= 1.01 * (want_x - x).pow(2).mean() + 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_write_kv_half_inputs(dtype):
+    codec = _fitted(64, 2, 4, seed=5)
+    tb = layer_tables(codec, 0)
+    g = torch.Generator().manual_seed(2)
+    k, v = _inputs(20, 2, 64, g, dtype)
+    pos = torch.arange(20) + 100
+    slots = torch.arange(20) * 2
+    got = torch.full((4, 16, 2, tb.slot_bytes), POISON, dtype=torch.uint8)
+    want = got.clone()
+    write_kv(k, v, pos, slots, got, tb)
+    write_kv_reference(codec, 0, k, v, pos, slots, want)
+    assert (got == want).float().mean().item() >= 0.995
+
+
+def _paged_batch(codec, tb, d, H, Hq, prefix, q_lens, bs, g):
+    """Write random prefixes through write_kv into shuffled pages; fresh tokens for each sequence."""
+    B = len(prefix)
+    max_blocks = max(1, max(-(-p // bs) for p in prefix))
+    nb = B * max_blocks + 3
+    bt = torch.randperm(nb, generator=g)[: B * max_blocks].reshape(B, max_blocks).to(torch.int32)
+    cache = torch.full((nb, bs, H, tb.slot_bytes), POISON, dtype=torch.uint8)
+    S = tb.sinks
+    sink_k = torch.full((B, S, H, d), float("nan"), dtype=torch.bfloat16)  # unused rows stay NaN
+    sink_v = sink_k.clone()
+    for b, P in enumerate(prefix):
+        if P == 0:
+            continue
+        k, v = _inputs(P, H, d, g)
+        pos = torch.arange(P)
+        write_kv(k, v, pos, bt[b, pos // bs].long() * bs + pos % bs, cache, tb)
+        n = min(S, P)
+        sink_k[b, :n], sink_v[b, :n] = k[:n].bfloat16(), v[:n].bfloat16()
+    cu = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32)
+    Tq = int(cu[-1])
+    q = torch.randn(Tq, Hq, d, generator=g) * 2
+    kn, vn = _inputs(Tq, H, d, g)
+    return q, kn, vn, cache, bt, torch.tensor(prefix, dtype=torch.int32), cu, sink_k, sink_v
+
+
+@pytest.mark.parametrize("mode,splits,bs", [("decode", 1, 16), ("decode", 3, 32), ("prefill", 1, 64)])
+def test_paged_attention_matches_reference(setup, mode, splits, bs):
+    codec, d, H, Hq = setup
+    g = torch.Generator().manual_seed(7 + bs)
+    tb = layer_tables(codec, 0)
+    prefix = [0, 2, 37, 70] if mode == "decode" else [0, 3, 50]
+    q_lens = [1] * len(prefix) if mode == "decode" else [5, 1, 19]
+    q, kn, vn, cache, bt, pl, cu, sk, sv = _paged_batch(codec, tb, d, H, Hq, prefix, q_lens, bs, g)
+    sm = d ** -0.5
+    got = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, num_splits=splits, poison=True)
+    want = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm)
+    assert got.shape == q.shape and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+def test_paged_attention_random_layout_and_gqa_rows():
+    """A random layout (straddling 3-bit codes, 0-bit channels), GQA 5 (not a power of two),
+    chunked prefill with two query blocks, and a global key mean (the q.k_b term) instead of RoPE's."""
+    d, H, Hq = 64, 1, 5
+    g = torch.Generator().manual_seed(3)
+    codec = _random_layout(_fitted(d, H, Hq, seed=9, key_mean="global"), d, g)
+    tb = layer_tables(codec, 0)
+    assert not tb.has_rope_mean and float(tb.k_b.abs().max()) > 0
+    q, kn, vn, cache, bt, pl, cu, sk, sv = _paged_batch(codec, tb, d, H, Hq, [33, 6], [9, 4], 16, g)
+    sm = 0.11
+    got = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, block_q=2, poison=True)
+    want = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_bf16_paged_kernel_matches_reference(splits):
+    d, H, Hq, bs = 128, 2, 8, 16
+    g = torch.Generator().manual_seed(splits)
+    prefix, q_lens = [0, 5, 77], [1, 1, 1]
+    nb = 20
+    kc = torch.randn(nb, bs, H, d, generator=g).bfloat16()
+    vc = torch.randn(nb, bs, H, d, generator=g).bfloat16()
+    bt = torch.randperm(nb, generator=g)[:18].reshape(3, 6).to(torch.int32)
+    cu = torch.arange(4, dtype=torch.int32)
+    q = torch.randn(3, Hq, d, generator=g)
+    kn, vn = _inputs(3, H, d, g)
+    pl = torch.tensor(prefix, dtype=torch.int32)
+    got = paged_attention_bf16(q, kn, vn, kc, vc, bt, pl, cu, d ** -0.5, num_splits=splits, poison=True)
+    want = paged_attention_bf16_reference(q, kn, vn, kc, vc, bt, pl, cu, d ** -0.5)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_bad_inputs_are_named():
+    codec = _fitted(64, 2, 4, seed=1)
+    tb = layer_tables(codec, 0)
+    k = torch.randn(4, 2, 64)
+    with pytest.raises(ConfigError, match="uint8"):
+        write_kv(k, k, torch.arange(4), torch.arange(4), torch.zeros(2, 16, 2, tb.slot_bytes), tb)
+    with pytest.raises(ConfigError, match="slot bytes"):
+        write_kv(k, k, torch.arange(4), torch.arange(4), torch.zeros(2, 16, 2, 7, dtype=torch.uint8), tb)
+    with pytest.raises(ConfigError, match="k must be"):
+        write_kv(k[:, :1], k, torch.arange(4), torch.arange(4), torch.zeros(2, 16, 2, tb.slot_bytes, dtype=torch.uint8), tb)
+    with pytest.raises(ConfigError, match="'oscar' codec only"):
+        layer_tables(codecs.get("int2", head_dim=64), 0)
+    recent = codecs.get("oscar", recent=8)
+    recent.load_state_dict(codec.state_dict())
+    with pytest.raises(ConfigError, match="recent"):
+        layer_tables(recent, 0)
+    cache = torch.zeros(2, 16, 2, tb.slot_bytes, dtype=torch.uint8)
+    cu = torch.tensor([0, 1], dtype=torch.int32)
+    with pytest.raises(ConfigError, match="sink_k/sink_v"):
+        paged_attention(torch.randn(1, 4, 64), k[:1], k[:1], cache, torch.zeros(1, 2, dtype=torch.int32),
+                        torch.tensor([5], dtype=torch.int32), cu, torch.zeros(1, 2, 2, 64), torch.zeros(1, 2, 2, 64),
+                        tb, 0.125)

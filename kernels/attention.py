@@ -316,7 +316,7 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         cn, sn = rope_tile_table(tables.inv_freq, block_n, dev)
         kt, vt = tables.k, tables.v
         S = tables.sinks
-        two_byte = bool(int(kt.two.sum()) + int(vt.two.sum()))
+        two_byte = tables.two_byte
     else:
         qt = cm = qo
         cn = sn = qo

@@ -125,18 +125,10 @@ class LayerTables:
     v: ChannelTable
     slot_bytes: int
     sinks: int
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.k_T.shape[-1])
-
-    @property
-    def kv_heads(self) -> int:
-        return int(self.k_T.shape[0])
-
-    @property
-    def has_rope_mean(self) -> bool:
-        return bool(self.rope_mean.abs().max() > 0)
+    head_dim: int
+    kv_heads: int
+    has_rope_mean: bool  # host-side flags: reading them never syncs the device (CUDA graphs)
+    two_byte: bool  # some code crosses a byte boundary
 
     @property
     def k_scale_offset(self) -> int:
@@ -184,6 +176,8 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
         k_b=torch.einsum("hij,hj->hi", k_Tinv, kc.mean.double()).float(),
         v_W=(vc.std.double()[:, :, None] * v_Tinv.transpose(-1, -2)).float(),
         v_b=torch.einsum("hij,hj->hi", v_Tinv, vc.mean.double()).float(),
-        levels=level_table(codec), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks)
+        levels=level_table(codec), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
+        kv_heads=int(kc.T.shape[0]), has_rope_mean=bool(kc.rope_mean.abs().max() > 0),
+        two_byte=bool(int(kt.two.sum()) + int(vt.two.sum())))
     return tables.to(device)
 

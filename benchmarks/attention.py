@@ -1,0 +1,354 @@
+"""Kernel benchmark on one GPU: checks, copy bandwidth, decode attention, write_kv, model-level capacity.
+
+    python benchmarks/attention.py --out results/attention-h200.json [--quick]
+
+One call builds, checks and times everything (issue: Triton INT2 kernels):
+1. checks: write_kv bytes vs the codec's encoding, decode and chunked-prefill attention vs the
+   PyTorch reference, for head dims 64/128/256 and GQA 3/6/8 on the GPU;
+2. copy bandwidth (device-to-device, bytes read + written), the ceiling for memory-bound kernels;
+3. decode step of one Llama-70B attention layer (8 KV heads, 64 query heads, d 128, pages of 16)
+   for context 4K..128K and batch 1..64: torch SDPA on a contiguous bf16 cache (every backend
+   that runs, best kept), the bf16 paged Triton kernel of the same design, and OSCAR; split count
+   and tile size swept for both Triton kernels (best kept); times are medians of CUDA-graph
+   replays; achieved GB/s counts the cache bytes read;
+4. write_kv for 8K tokens of that layer against its bf16 causal prefill attention (SDPA);
+5. model level: a Qwen2.5-1.5B-shaped model (random weights, bf16), 32K-token sequences: the
+   largest batch whose cache fits beside the weights and a workspace, bf16 pages vs OSCAR pages,
+   and decode tokens/s at that batch (same attention kernel design for both).
+Each section is written to the JSON as it completes (atomic), so a failure loses nothing before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench, do_bench_cudagraph
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import provenance, write_result  # noqa: E402
+
+from oscar_cluster import codecs  # noqa: E402
+from oscar_cluster.calibration import LayerStatistics  # noqa: E402
+from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,  # noqa: E402
+                                   paged_attention_reference, write_kv, write_kv_reference)
+from oscar_cluster.kernels.paged_cache import PagedKVCache, paged_attention_enabled  # noqa: E402
+
+DEV = torch.device("cuda")
+
+
+def synthetic_codec(d: int, H: int, Hq: int, layers: int = 1, seed: int = 0):
+    """An `oscar` codec fitted on synthetic statistics (keys with outliers and a mean); the bit
+    layout is what water-filling gives (2.0 bits mean), which is all the speed depends on."""
+    g = torch.Generator().manual_seed(seed)
+    inv_freq = 1e4 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    w_o = torch.randn(256, Hq * d, generator=g) / d ** 0.5
+    stats = []
+    for layer in range(layers):
+        k = torch.randn(256, H, d, generator=g)
+        k[..., :4] = k[..., :4] * 6 + 4.0
+        q = torch.randn(256, Hq, d, generator=g) * torch.linspace(3, 0.2, d)
+        v = torch.randn(256, H, d, generator=g) * torch.linspace(2, 0.5, d)
+        stats.append(LayerStatistics.from_samples(q, k, v, w_o, layer=layer, sinks=4, inv_freq=inv_freq))
+    return codecs.get("oscar").fit(stats)
+
+
+def median_ms(fn, graph: bool = True) -> float:
+    if graph:
+        return float(do_bench_cudagraph(fn, rep=60, return_mode="median"))
+    return float(do_bench(fn, warmup=10, rep=60, return_mode="median"))
+
+
+# ------------------------------------------------------------------------------------------------
+def section_checks() -> dict:
+    rows = []
+    for d, H, Hq, bs in ((128, 8, 64, 16), (64, 3, 9, 32), (256, 2, 8, 64), (128, 2, 12, 16)):
+        codec = synthetic_codec(d, H, Hq, seed=d + Hq)
+        tb = layer_tables(codec, 0, DEV)
+        g = torch.Generator(device=DEV).manual_seed(0)
+        prefix, B = [3000, 17, 1029], 3
+        max_blocks = max(-(-p // bs) for p in prefix)
+        nb = B * max_blocks + 5
+        bt = torch.randperm(nb, device=DEV)[: B * max_blocks].view(B, max_blocks).int()
+        got = torch.full((nb, bs, H, tb.slot_bytes), 0xA5, dtype=torch.uint8, device=DEV)
+        want = got.clone()
+        sk = torch.zeros(B, tb.sinks, H, d, dtype=torch.bfloat16, device=DEV)
+        sv = sk.clone()
+        for b, P in enumerate(prefix):
+            k = torch.randn(P, H, d, device=DEV, generator=g).bfloat16() * 2 + 0.5
+            v = torch.randn(P, H, d, device=DEV, generator=g).bfloat16()
+            pos = torch.arange(P, device=DEV)
+            slots = bt[b, pos // bs].long() * bs + pos % bs
+            write_kv(k, v, pos, slots, got, tb)
+            write_kv_reference(codec, 0, k, v, pos, slots, want)
+            sk[b], sv[b] = k[:4], v[:4]
+        same = float((got == want).float().mean())
+        sm = d ** -0.5
+        for mode, q_lens in (("decode", [1, 1, 1]), ("prefill", [300, 5, 77])):
+            cu = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32, device=DEV)
+            Tq = int(cu[-1])
+            q = torch.randn(Tq, Hq, d, device=DEV, generator=g).bfloat16()
+            kn = torch.randn(Tq, H, d, device=DEV, generator=g).bfloat16()
+            vn = torch.randn(Tq, H, d, device=DEV, generator=g).bfloat16()
+            pl = torch.tensor(prefix, dtype=torch.int32, device=DEV)
+            out = paged_attention(q, kn, vn, got, bt, pl, cu, sk, sv, tb, sm).float()
+            ref = paged_attention_reference(q, kn, vn, got, bt, pl, cu, sk, sv, codec, 0, tb, sm)
+            err = float((out - ref).abs().max() / ref.abs().max())
+            rows.append({"head_dim": d, "kv_heads": H, "q_heads": Hq, "block_size": bs, "mode": mode,
+                         "write_kv_bytes_equal": same, "attention_max_err_rel": err,
+                         "ok": bool(same >= 0.995 and err < 2e-2)})
+            print(f"check d={d} G={Hq // H} bs={bs} {mode}: bytes equal {same:.5f}, attention err {err:.2e}",
+                  flush=True)
+    return {"rows": rows, "all_ok": all(r["ok"] for r in rows)}
+
+
+def section_copy() -> dict:
+    n = 2 << 30
+    src = torch.empty(n, dtype=torch.uint8, device=DEV).random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), graph=False)
+    del src, dst
+    return {"bytes_copied": n, "median_ms": ms, "GBps_read_plus_write": 2 * n / ms / 1e6}
+
+
+def _sdpa_best(q, k, v) -> tuple[float, str]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    best = (math.inf, "none")
+    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+        backend = getattr(SDPBackend, name)
+        try:
+            with sdpa_kernel([backend]):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+                torch.cuda.synchronize()
+                ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                               graph=False)
+        except Exception as e:  # backend does not take this shape
+            print(f"  sdpa {name}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            continue
+        best = min(best, (ms, name))
+    return best
+
+
+def _sweep(run, splits_default: int, tiles_fn) -> tuple[float, dict]:
+    best = (math.inf, {})
+    for block_n in (32, 64):
+        tiles = tiles_fn(block_n)
+        cands = sorted({max(1, min(s, tiles, 64)) for s in (1, splits_default // 2, splits_default, 2 * splits_default)})
+        for s in cands:
+            try:
+                ms = median_ms(lambda: run(num_splits=s, block_n=block_n))
+            except Exception as e:
+                print(f"  variant splits={s} block_n={block_n}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                continue
+            best = min(best, (ms, {"num_splits": s, "block_n": block_n}), key=lambda x: x[0])
+    return best
+
+
+def section_decode(quick: bool) -> dict:
+    d, H, Hq, bs = 128, 8, 64, 16
+    codec = synthetic_codec(d, H, Hq)
+    tb = layer_tables(codec, 0, DEV)
+    sm = d ** -0.5
+    sms = torch.cuda.get_device_properties(DEV).multi_processor_count
+    rows = []
+    contexts = [4096, 32768] if quick else [4096, 8192, 16384, 32768, 65536, 131072]
+    batches = [1, 8] if quick else [1, 8, 32, 64]
+    for L in contexts:
+        for B in batches:
+            torch.cuda.empty_cache()
+            P = L - 1  # cached tokens; the new token is the L-th
+            nblk = -(-P // bs)
+            bt = torch.randperm(B * nblk, device=DEV).view(B, nblk).int()
+            pl = torch.full((B,), P, dtype=torch.int32, device=DEV)
+            cu = torch.arange(B + 1, dtype=torch.int32, device=DEV)
+            q = torch.randn(B, Hq, d, device=DEV, dtype=torch.bfloat16)
+            kn = torch.randn(B, H, d, device=DEV, dtype=torch.bfloat16)
+            vn = torch.randn_like(kn)
+            s0 = max(1, math.ceil(2 * sms / (B * H)))
+            row = {"context": L, "batch": B}
+            # SDPA on a contiguous bf16 cache
+            kc = torch.randn(B, H, L, d, device=DEV, dtype=torch.bfloat16)
+            vc = torch.randn_like(kc)
+            ms, name = _sdpa_best(q[:, :, None], kc, vc)
+            row.update(sdpa_ms=ms, sdpa_backend=name)
+            del kc, vc
+            # bf16 paged kernel, same design
+            kp = torch.randn(B * nblk, bs, H, d, device=DEV, dtype=torch.bfloat16)
+            vp = torch.randn_like(kp)
+            ms, cfg = _sweep(lambda **kw: paged_attention_bf16(q, kn, vn, kp, vp, bt, pl, cu, sm, max_q_len=1,
+                                                               max_prefix=P, **kw), s0, lambda n: -(-P // n))
+            row.update(bf16_paged_ms=ms, bf16_paged_cfg=cfg)
+            del kp, vp
+            # OSCAR packed pages
+            pages = torch.randint(0, 256, (B * nblk, bs, H, tb.slot_bytes), dtype=torch.uint8, device=DEV)
+            pages[..., tb.slot_bytes - 4:].view(torch.float16).fill_(0.5)
+            sk = torch.randn(B, tb.sinks, H, d, device=DEV, dtype=torch.bfloat16)
+            sv = torch.randn_like(sk)
+            ms, cfg = _sweep(lambda **kw: paged_attention(q, kn, vn, pages, bt, pl, cu, sk, sv, tb, sm, max_q_len=1,
+                                                          max_prefix=P, **kw), s0, lambda n: -(-P // n))
+            row.update(oscar_ms=ms, oscar_cfg=cfg)
+            del pages
+            bf16_bytes = B * H * P * d * 2 * 2
+            oscar_bytes = B * H * P * tb.slot_bytes
+            best_bf16 = min(row["sdpa_ms"], row["bf16_paged_ms"])
+            row.update(bf16_cache_bytes=bf16_bytes, oscar_cache_bytes=oscar_bytes,
+                       best_bf16_ms=best_bf16, speedup_vs_best_bf16=best_bf16 / row["oscar_ms"],
+                       speedup_vs_sdpa=row["sdpa_ms"] / row["oscar_ms"],
+                       oscar_GBps=oscar_bytes / row["oscar_ms"] / 1e6,
+                       bf16_paged_GBps=bf16_bytes / row["bf16_paged_ms"] / 1e6,
+                       sdpa_GBps=bf16_bytes / row["sdpa_ms"] / 1e6)
+            rows.append(row)
+            print(f"decode L={L} B={B}: sdpa {row['sdpa_ms']:.3f} ms ({name}), bf16 paged {row['bf16_paged_ms']:.3f}, "
+                  f"oscar {row['oscar_ms']:.3f} -> x{row['speedup_vs_best_bf16']:.2f}, oscar {row['oscar_GBps']:.0f} GB/s",
+                  flush=True)
+    return {"layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "block_size": bs, "slot_bytes": tb.slot_bytes,
+                      "sinks": tb.sinks}, "timing": "median of CUDA-graph replays (triton do_bench_cudagraph); "
+                                                    "SDPA timed eagerly (do_bench)", "rows": rows}
+
+
+def section_write_kv() -> dict:
+    d, H, Hq, T = 128, 8, 64, 8192
+    codec = synthetic_codec(d, H, Hq)
+    tb = layer_tables(codec, 0, DEV)
+    k = torch.randn(T, H, d, device=DEV, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    pos = torch.arange(T, device=DEV)
+    slots = torch.randperm(T, device=DEV)
+    cache = torch.zeros(T // 16, 16, H, tb.slot_bytes, dtype=torch.uint8, device=DEV)
+    best = (math.inf, 0)
+    for bt_ in (16, 32, 64):
+        ms = median_ms(lambda: write_kv(k, v, pos, slots, cache, tb, block_t=bt_))
+        best = min(best, (ms, bt_))
+    q = torch.randn(1, Hq, T, d, device=DEV, dtype=torch.bfloat16)
+    kk = k.transpose(0, 1)[None].contiguous()
+    vv = v.transpose(0, 1)[None].contiguous()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    prefill = (math.inf, "none")
+    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+        try:
+            with sdpa_kernel([getattr(SDPBackend, name)]):
+                f = lambda: torch.nn.functional.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=True)  # noqa: E731
+                f()
+                prefill = min(prefill, (median_ms(f, graph=False), name))
+        except Exception as e:
+            print(f"  prefill sdpa {name}: {type(e).__name__}", flush=True)
+    res = {"tokens": T, "kv_heads": H, "q_heads": Hq, "head_dim": d, "write_kv_ms": best[0], "block_t": best[1],
+           "prefill_attention_ms": prefill[0], "prefill_backend": prefill[1],
+           "write_kv_fraction_of_prefill": best[0] / prefill[0],
+           "write_kv_GBps_in": 2 * T * H * d * 2 / best[0] / 1e6}
+    print(f"write_kv 8K: {best[0]:.4f} ms vs prefill {prefill[0]:.3f} ms ({prefill[1]}) -> "
+          f"{100 * res['write_kv_fraction_of_prefill']:.2f}%", flush=True)
+    return res
+
+
+def section_model(quick: bool) -> dict:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    L = 32768
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                      num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=L, rope_theta=1e6,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    with torch.device(DEV):
+        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16).eval()
+    layers, H, Hq, d = 28, 2, 12, 128
+    codec = synthetic_codec(d, H, Hq, layers=layers)
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    reserve = 6 << 30  # activations, logits, allocator slack
+    out = {"model": "Qwen2.5-1.5B shape (random bf16 weights)", "context": L, "gpu_free_bytes_after_weights": free,
+           "workspace_reserve_bytes": reserve, "rows": []}
+    for storage in ("bf16", "oscar"):
+        probe = PagedKVCache(codec if storage == "oscar" else None, batch_size=1, max_tokens=L, storage=storage)
+        per_layer = probe.layer(0)
+        per_layer.lazy_initialization(torch.empty(1, H, 0, d, device=DEV, dtype=torch.bfloat16),
+                                      torch.empty(1, H, 0, d, device=DEV, dtype=torch.bfloat16))
+        per_seq = per_layer.nbytes() * layers
+        del probe, per_layer
+        torch.cuda.empty_cache()
+        logits_per_seq = cfg.vocab_size * 4 * 2
+        B = int((free - reserve) // (per_seq + logits_per_seq))
+        row = {"storage": storage, "cache_bytes_per_sequence": per_seq, "max_batch": B}
+        while B > 0:  # confirm by allocating; back off if the allocator disagrees
+            try:
+                cache = PagedKVCache(codec if storage == "oscar" else None, batch_size=B, max_tokens=L, storage=storage)
+                for i in range(layers):
+                    lay = cache.layer(i)
+                    lay.lazy_initialization(torch.empty(B, H, 0, d, device=DEV, dtype=torch.bfloat16),
+                                            torch.empty(B, H, 0, d, device=DEV, dtype=torch.bfloat16))
+                    lay.fill_random_(L - 1)
+                ids = torch.randint(0, cfg.vocab_size, (B, 1), device=DEV)
+                pos = torch.full((B, 1), L - 1, device=DEV)
+                with torch.inference_mode(), paged_attention_enabled(model):
+                    def step():
+                        for lay in cache.layers:
+                            lay.n_seen = lay.prefix = L - 1
+                        return model(input_ids=ids, position_ids=pos, past_key_values=cache, oscar_cache=cache,
+                                     use_cache=True, logits_to_keep=1).logits
+                    step()
+                    torch.cuda.synchronize()
+                    times = []
+                    for _ in range(3 if quick else 7):
+                        t0 = time.perf_counter()
+                        step()
+                        torch.cuda.synchronize()
+                        times.append(time.perf_counter() - t0)
+                times.sort()
+                med = times[len(times) // 2]
+                row.update(max_batch=B, decode_step_ms=1e3 * med, decode_tokens_per_s=B / med,
+                           cache_bytes=cache.nbytes(), peak_memory_bytes=torch.cuda.max_memory_allocated())
+                del cache
+                break
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                B = int(B * 0.95)
+        out["rows"].append(row)
+        print(f"model {storage}: batch {row['max_batch']} x 32K, step {row.get('decode_step_ms', float('nan')):.1f} ms, "
+              f"{row.get('decode_tokens_per_s', float('nan')):.0f} tok/s", flush=True)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    r = {x["storage"]: x for x in out["rows"]}
+    if "bf16" in r and "oscar" in r and r["bf16"]["max_batch"]:
+        out["capacity_ratio"] = r["oscar"]["max_batch"] / r["bf16"]["max_batch"]
+        if "decode_tokens_per_s" in r["bf16"] and "decode_tokens_per_s" in r["oscar"]:
+            out["throughput_ratio"] = r["oscar"]["decode_tokens_per_s"] / r["bf16"]["decode_tokens_per_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true", help="fewer contexts and batches")
+    ap.add_argument("--sections", default="checks,copy,decode,write_kv,model")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/attention.py needs a CUDA GPU (the CPU tests cover correctness)")
+    import transformers
+
+    result = {"benchmark": "OSCAR Triton kernels vs bf16 attention on one GPU", **provenance(
+        triton=triton.__version__, transformers=transformers.__version__)}
+    result["host"].update(device="cuda", gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    for name in args.sections.split(","):
+        t0 = time.time()
+        try:
+            fn = {"checks": section_checks, "copy": section_copy, "decode": lambda: section_decode(args.quick),
+                  "write_kv": section_write_kv, "model": lambda: section_model(args.quick)}[name]
+            result[name] = fn()
+        except Exception as e:
+            traceback.print_exc()
+            result[name] = {"error": f"{type(e).__name__}: {e}"}
+        result.setdefault("section_seconds", {})[name] = round(time.time() - t0, 1)
+        write_result(args.out, result)
+        print(f"== {name} done in {time.time() - t0:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

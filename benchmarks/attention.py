@@ -137,29 +137,34 @@ def _sdpa_best(q, k, v) -> tuple[float, str]:
 
 
 def _sweep(run, splits_default: int, tiles_fn) -> tuple[float, dict]:
+    """Best median over tile size, split count and warps (the same sweep for both Triton kernels)."""
     best = (math.inf, {})
-    for block_n in (32, 64):
+    for block_n in (16, 32, 64):
         tiles = tiles_fn(block_n)
-        cands = sorted({max(1, min(s, tiles, 64)) for s in (1, splits_default // 2, splits_default, 2 * splits_default)})
+        cands = sorted({max(1, min(s, tiles, 128)) for s in (splits_default, 2 * splits_default, 4 * splits_default)})
         for s in cands:
-            try:
-                ms = median_ms(lambda: run(num_splits=s, block_n=block_n))
-            except Exception as e:
-                print(f"  variant splits={s} block_n={block_n}: {type(e).__name__}: {str(e)[:160]}", flush=True)
-                continue
-            best = min(best, (ms, {"num_splits": s, "block_n": block_n}), key=lambda x: x[0])
+            for warps in (2, 4, 8):
+                stats: dict = {}
+                try:
+                    run(num_splits=s, block_n=block_n, num_warps=warps, stats=stats)
+                    ms = median_ms(lambda: run(num_splits=s, block_n=block_n, num_warps=warps))
+                except Exception as e:
+                    print(f"  variant splits={s} block_n={block_n} warps={warps}: {type(e).__name__}: {str(e)[:160]}",
+                          flush=True)
+                    continue
+                best = min(best, (ms, {**stats, "num_warps": warps}), key=lambda x: x[0])
     return best
 
 
-def section_decode(quick: bool) -> dict:
+def section_decode(quick: bool, contexts=None, batches=None) -> dict:
     d, H, Hq, bs = 128, 8, 64, 16
     codec = synthetic_codec(d, H, Hq)
     tb = layer_tables(codec, 0, DEV)
     sm = d ** -0.5
     sms = torch.cuda.get_device_properties(DEV).multi_processor_count
     rows = []
-    contexts = [4096, 32768] if quick else [4096, 8192, 16384, 32768, 65536, 131072]
-    batches = [1, 8] if quick else [1, 8, 32, 64]
+    contexts = contexts or ([4096, 32768] if quick else [4096, 8192, 16384, 32768, 65536, 131072])
+    batches = batches or ([1, 8] if quick else [1, 8, 32, 64])
     for L in contexts:
         for B in batches:
             torch.cuda.empty_cache()
@@ -222,10 +227,15 @@ def section_write_kv() -> dict:
     pos = torch.arange(T, device=DEV)
     slots = torch.randperm(T, device=DEV)
     cache = torch.zeros(T // 16, 16, H, tb.slot_bytes, dtype=torch.uint8, device=DEV)
-    best = (math.inf, 0)
+    best = (math.inf, {})
     for bt_ in (16, 32, 64):
-        ms = median_ms(lambda: write_kv(k, v, pos, slots, cache, tb, block_t=bt_))
-        best = min(best, (ms, bt_))
+        for warps in (2, 4, 8):
+            try:
+                ms = median_ms(lambda: write_kv(k, v, pos, slots, cache, tb, block_t=bt_, num_warps=warps))
+            except Exception as e:
+                print(f"  write_kv block_t={bt_} warps={warps}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            best = min(best, (ms, {"block_t": bt_, "num_warps": warps}), key=lambda x: x[0])
     q = torch.randn(1, Hq, T, d, device=DEV, dtype=torch.bfloat16)
     kk = k.transpose(0, 1)[None].contiguous()
     vv = v.transpose(0, 1)[None].contiguous()
@@ -240,7 +250,7 @@ def section_write_kv() -> dict:
                 prefill = min(prefill, (median_ms(f, graph=False), name))
         except Exception as e:
             print(f"  prefill sdpa {name}: {type(e).__name__}", flush=True)
-    res = {"tokens": T, "kv_heads": H, "q_heads": Hq, "head_dim": d, "write_kv_ms": best[0], "block_t": best[1],
+    res = {"tokens": T, "kv_heads": H, "q_heads": Hq, "head_dim": d, "write_kv_ms": best[0], "write_kv_cfg": best[1],
            "prefill_attention_ms": prefill[0], "prefill_backend": prefill[1],
            "write_kv_fraction_of_prefill": best[0] / prefill[0],
            "write_kv_GBps_in": 2 * T * H * d * 2 / best[0] / 1e6}
@@ -328,6 +338,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="fewer contexts and batches")
     ap.add_argument("--sections", default="checks,copy,decode,write_kv,model")
+    ap.add_argument("--contexts", type=lambda x: [int(v) for v in x.split(",")], default=None)
+    ap.add_argument("--batches", type=lambda x: [int(v) for v in x.split(",")], default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU (the CPU tests cover correctness)")
@@ -339,7 +351,7 @@ def main() -> None:
     for name in args.sections.split(","):
         t0 = time.time()
         try:
-            fn = {"checks": section_checks, "copy": section_copy, "decode": lambda: section_decode(args.quick),
+            fn = {"checks": section_checks, "copy": section_copy, "decode": lambda: section_decode(args.quick, args.contexts, args.batches),
                   "write_kv": section_write_kv, "model": lambda: section_model(args.quick)}[name]
             result[name] = fn()
         except Exception as e:

@@ -62,6 +62,25 @@ def _scale(ptr, ok):
 
 
 @triton.jit
+def _mm(a, b, LOWP: tl.constexpr):
+    """a @ b with float32 accumulation: bf16 operands on the GPU (as any bf16 attention kernel),
+    exact float32 in the CPU interpreter (which has no bf16 matrix product)."""
+    if LOWP:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def _online_update(s, m_i, l_i):
+    """One online-softmax step (base 2): -> (p, alpha, m_new, l_new)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
 def _attn_kernel(
     qt_ptr, qo_ptr, cm_ptr,  # [Tq, Hq, D] q k_W, [Tq, Hq, D] q, [Tq, Hq] q.k_b; all times sm_scale*log2(e)
     rm_ptr, invf_ptr, cn_ptr, sn_ptr,  # [H, D] rope mean; [D/2] float64; [BLOCK_N, D/2] cos/sin(n w)
@@ -74,7 +93,7 @@ def _attn_kernel(
     Tq, Hq, H, G, block_size, n_sinks, slot_bytes, ks_off, vs_off, tiles_per_split, n_qblocks,
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, G_P2: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_ROPE: tl.constexpr,
-    PACKED: tl.constexpr, TWO_BYTE: tl.constexpr, PRECISION: tl.constexpr,
+    PACKED: tl.constexpr, TWO_BYTE: tl.constexpr, LOWP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -87,25 +106,56 @@ def _attn_kernel(
         return
     prefix = tl.load(prefix_ptr + seq)
     d = tl.arange(0, D)
+    n = tl.arange(0, BLOCK_N)
     r = tl.arange(0, BLOCK_M)
     g = r % G_P2
     qpos = qb * BLOCK_Q + r // G_P2  # fresh index of the row's query token
     row_ok = (r // G_P2 < BLOCK_Q) & (qpos < q_len) & (g < G)
     row = (q0 + qpos).to(tl.int64) * Hq + h * G + g  # [M] flat (token, head)
-    qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     lq = tl.zeros([BLOCK_M], tl.float32)
-    acc_t = tl.zeros([BLOCK_M, D], tl.float32)
     acc_o = tl.zeros([BLOCK_M, D], tl.float32)
+
+    # ---- full-precision tokens first (sinks: first split; fresh, causal: last split), so the
+    # original-space query is dead before the page loop ----
+    do_raw = split == NUM_SPLITS - 1
+    if PACKED:
+        do_raw = do_raw | (split == 0)
+    if do_raw:
+        qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+        if PACKED:
+            if split == 0:
+                j = tl.arange(0, BLOCK_S)
+                ok = (j < n_sinks) & (j < prefix)
+                s_off = ((seq * n_sinks + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+                k = tl.load(sk_ptr + s_off, mask=ok[:, None], other=0.0)
+                s = tl.where(ok[None, :], _mm(qo, tl.trans(k), LOWP), float("-inf"))
+                p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
+                v = tl.load(sv_ptr + s_off, mask=ok[:, None], other=0.0)
+                acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
+        if split == NUM_SPLITS - 1:
+            hi = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
+            j0 = 0
+            while j0 < hi:
+                j = j0 + n
+                ok = j < hi
+                f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+                k = tl.load(kn_ptr + f_off, mask=ok[:, None], other=0.0)
+                s = _mm(qo, tl.trans(k), LOWP)
+                s = tl.where(ok[None, :] & (j[None, :] <= qpos[:, None]), s, float("-inf"))
+                p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
+                v = tl.load(vn_ptr + f_off, mask=ok[:, None], other=0.0)
+                acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
+                j0 += BLOCK_N
 
     # ---- cached prefix from the pages ----
     n_tiles = tl.cdiv(prefix, BLOCK_N)
     tile_lo = split * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
-    n = tl.arange(0, BLOCK_N)
     if PACKED:
+        acc_t = tl.zeros([BLOCK_M, D], tl.float32)
         qt = tl.load(qt_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
         cm = tl.load(cm_ptr + row, mask=row_ok, other=0.0)
         if HAS_ROPE:
@@ -117,8 +167,8 @@ def _attn_kernel(
             ra = qa * ma[None, :] + qb_ * mb[None, :]  # multiplies cos(p w)
             rb = qb_ * ma[None, :] - qa * mb[None, :]  # multiplies sin(p w)
             invf = tl.load(invf_ptr + i)
-            cn = tl.load(cn_ptr + n[:, None] * HALF + i[None, :])
-            sn = tl.load(sn_ptr + n[:, None] * HALF + i[None, :])
+    else:
+        qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
     tile = tile_lo
     while tile < tile_hi:  # while, not range: runtime bounds (the interpreter's range needs Python ints)
         t = tile * BLOCK_N + n
@@ -130,98 +180,42 @@ def _attn_kernel(
             base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
             kl = _levels(base, kbyte, kshift, kmask, ktwo, klb, lev_ptr, ok, D, TWO_BYTE)
             ks = _scale(base + ks_off, ok)
-            s = tl.dot(qt, tl.trans(kl), input_precision=PRECISION) * ks[None, :] + cm[:, None]
+            s = _mm(qt, tl.trans(kl), LOWP) * ks[None, :] + cm[:, None]
             if HAS_ROPE:
                 ang = (tile * BLOCK_N).to(tl.float64) * invf
                 ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
                 c0 = tl.cos(ang)
                 s0 = tl.sin(ang)
-                a2 = ra * c0[None, :] + rb * s0[None, :]
-                b2 = rb * c0[None, :] - ra * s0[None, :]
-                s += tl.dot(a2, tl.trans(cn), input_precision=PRECISION)
-                s += tl.dot(b2, tl.trans(sn), input_precision=PRECISION)
-        else:
-            ok = in_seq
-            kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
-            k = tl.load(kc_ptr + kv_off, mask=ok[:, None], other=0.0)
-            if PRECISION == "ieee":  # the CPU interpreter has no bf16 matrix product
-                s = tl.dot(qo, tl.trans(k.to(tl.float32)), input_precision=PRECISION)
-            else:  # bf16 operands, float32 accumulation (as any bf16 attention kernel)
-                s = tl.dot(qo.to(k.dtype), tl.trans(k))
-        s = tl.where(ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if PACKED:
+                cn = tl.load(cn_ptr + n[:, None] * HALF + i[None, :])
+                sn = tl.load(sn_ptr + n[:, None] * HALF + i[None, :])
+                s += _mm(ra * c0[None, :] + rb * s0[None, :], tl.trans(cn), LOWP)
+                s += _mm(rb * c0[None, :] - ra * s0[None, :], tl.trans(sn), LOWP)
+            s = tl.where(ok[None, :], s, float("-inf"))
+            p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
             vl = _levels(base, vbyte, vshift, vmask, vtwo, vlb, lev_ptr, ok, D, TWO_BYTE)
             vs = _scale(base + vs_off, ok)
-            acc_t = acc_t * alpha[:, None] + tl.dot(p * vs[None, :], vl, input_precision=PRECISION)
+            acc_t = acc_t * alpha[:, None] + _mm(p * vs[None, :], vl, LOWP)
             lq = lq * alpha + tl.sum(p, axis=1)
             acc_o = acc_o * alpha[:, None]
         else:
-            v = tl.load(vc_ptr + kv_off, mask=ok[:, None], other=0.0)
-            if PRECISION == "ieee":
-                acc_o = acc_o * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
-            else:
-                acc_o = acc_o * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+            kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
+            k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
+            s = tl.where(in_seq[None, :], _mm(qo, tl.trans(k), LOWP), float("-inf"))
+            p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
+            v = tl.load(vc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
+            acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
         tile += 1
 
-    # ---- sinks (bf16), first split ----
-    if PACKED:
-        if split == 0:
-            j = tl.arange(0, BLOCK_S)
-            ok = (j < n_sinks) & (j < prefix)
-            s_off = ((seq * n_sinks + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
-            k = tl.load(sk_ptr + s_off, mask=ok[:, None], other=0.0).to(tl.float32)
-            s = tl.dot(qo, tl.trans(k), input_precision=PRECISION)
-            s = tl.where(ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            v = tl.load(sv_ptr + s_off, mask=ok[:, None], other=0.0).to(tl.float32)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            lq = lq * alpha
-            acc_t = acc_t * alpha[:, None]
-            acc_o = acc_o * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
-            m_i = m_new
-
-    # ---- fresh tokens (full precision, causal), last split ----
-    if split == NUM_SPLITS - 1:
-        hi = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
-        j0 = 0
-        while j0 < hi:
-            j = j0 + n
-            ok = j < hi
-            f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
-            k = tl.load(kn_ptr + f_off, mask=ok[:, None], other=0.0).to(tl.float32)
-            s = tl.dot(qo, tl.trans(k), input_precision=PRECISION)
-            s = tl.where(ok[None, :] & (j[None, :] <= qpos[:, None]), s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            v = tl.load(vn_ptr + f_off, mask=ok[:, None], other=0.0).to(tl.float32)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            lq = lq * alpha
-            acc_t = acc_t * alpha[:, None]
-            acc_o = acc_o * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
-            m_i = m_new
-            j0 += BLOCK_N
-
     out = split.to(tl.int64) * Tq * Hq + row
-    if NUM_SPLITS == 1:  # normalize here; no reduction pass
-        inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)
-        acc_t = acc_t * inv[:, None]
-        acc_o = acc_o * inv[:, None]
-        lq = lq * inv
-    tl.store(acco_ptr + out[:, None] * D + d[None, :], acc_o, mask=row_ok[:, None])
-    if PACKED:
-        tl.store(acct_ptr + out[:, None] * D + d[None, :], acc_t, mask=row_ok[:, None])
-        tl.store(lq_ptr + out, lq, mask=row_ok)
-    if NUM_SPLITS > 1:
+    inv = tl.where(l_i > 0, 1.0 / tl.maximum(l_i, 1e-30), 0.0)
+    if NUM_SPLITS > 1:  # partials: the reduction pass normalizes
+        inv = tl.full([BLOCK_M], 1.0, tl.float32)
         tl.store(m_ptr + out, m_i, mask=row_ok)
         tl.store(l_ptr + out, l_i, mask=row_ok)
+    tl.store(acco_ptr + out[:, None] * D + d[None, :], acc_o * inv[:, None], mask=row_ok[:, None])
+    if PACKED:
+        tl.store(acct_ptr + out[:, None] * D + d[None, :], acc_t * inv[:, None], mask=row_ok[:, None])
+        tl.store(lq_ptr + out, lq * inv, mask=row_ok)
 
 
 @triton.jit
@@ -283,7 +277,7 @@ def _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D):
 
 def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed, cache=None, k_cache=None,
             v_cache=None, tables=None, sink_k=None, sink_v=None, num_splits=None, max_q_len=None,
-            max_prefix=None, block_n=None, block_q=None, poison=False):
+            max_prefix=None, block_n=None, block_q=None, poison=False, num_warps=None, stats=None):
     H, D = k_new.shape[1], k_new.shape[2]
     Tq, B = _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D)
     Hq = q.shape[1]
@@ -331,8 +325,9 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         for buf in {id(x): x for x in (acc_o, acc_t, lq, m, l)}.values():
             buf.fill_(float("nan"))
     dummy_i = cu_q
+    launch = {"num_warps": num_warps} if num_warps else {}
     grid = (B * n_qblocks, H, num_splits)
-    _attn_kernel[grid](
+    compiled = _attn_kernel[grid](
         qt, qo, cm,
         tables.rope_mean if packed else qo, tables.inv_freq if packed else qo, cn, sn,
         cache if packed else qo, k_cache if not packed else qo, v_cache if not packed else qo,
@@ -347,8 +342,11 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         D=D, HALF=D // 2, BLOCK_Q=block_q, G_P2=G_P2, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
         BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), NUM_SPLITS=num_splits,
         HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed, TWO_BYTE=two_byte,
-        PRECISION="ieee" if dev.type == "cpu" else "tf32",
+        LOWP=dev.type != "cpu", **launch,
     )
+    if stats is not None:  # benchmarks: registers and spills of the compiled kernel
+        stats.update(n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None),
+                     num_splits=num_splits, block_n=block_n)
     if num_splits > 1:
         o_t = torch.empty(Tq, Hq, D, **f32) if packed else None
         o_o = torch.empty(Tq, Hq, D, **f32)
@@ -375,7 +373,8 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     int32; prefix_lens: [batch] int32 cached tokens per sequence; cu_q: [batch+1] int32 offsets of
     the fresh tokens; sink_k, sink_v: [batch, sinks, kv_heads, d] bf16 (the first positions).
     Optional: num_splits, max_q_len, max_prefix (ints; pass them to avoid a device sync), block_n,
-    block_q, poison (fill scratch with NaN first; for tests).
+    block_q, num_warps, poison (fill scratch with NaN first; for tests), stats (a dict to receive the
+    compiled kernel's registers and spills).
     Returns [tokens, q_heads, d] in q's dtype."""
     check_cache(cache, tables)
     B = prefix_lens.shape[0]

@@ -89,10 +89,11 @@ def _write_kind_kernel(
     word = code << tl.load(shift_ptr + d)[None, :]
     rel = tl.load(byte_ptr + d) - code_off
     b = tl.arange(0, BLOCK_B)
-    route_lo = (rel[:, None] == b[None, :]).to(tl.float32)
-    route_hi = ((rel[:, None] + 1) == b[None, :]).to(tl.float32)
-    packed = tl.dot((word & 255).to(tl.float32), route_lo, input_precision="ieee")
-    packed += tl.dot((word >> 8).to(tl.float32), route_hi, input_precision="ieee")
+    # (integers <= 255 and 0/1 are exact in fp16; the float32 accumulation sums disjoint bits)
+    route_lo = (rel[:, None] == b[None, :]).to(tl.float16)
+    route_hi = ((rel[:, None] + 1) == b[None, :]).to(tl.float16)
+    packed = tl.dot((word & 255).to(tl.float16), route_lo)
+    packed += tl.dot((word >> 8).to(tl.float16), route_hi)
     base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
     tl.store(base[:, None] + code_off + b[None, :], (packed + 0.5).to(tl.int32).to(tl.uint8),
              mask=valid[:, None] & (b[None, :] < n_bytes))
@@ -124,7 +125,8 @@ def _precision(device: torch.device) -> str:
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-             cache: torch.Tensor, tables: LayerTables, scale_iters: int = 2, block_t: int = 32) -> None:
+             cache: torch.Tensor, tables: LayerTables, scale_iters: int = 2, block_t: int = 32,
+             num_warps: int | None = None) -> None:
     """Encode and store new tokens.
 
     k, v: [tokens, kv_heads, d] (fp16/bf16/fp32); positions: [tokens] int; slot_mapping: [tokens]
@@ -165,7 +167,7 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
             ct.nbytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset, 1.0 / max(ct.coded, 1),
             D=D, HALF=D // 2, BLOCK_T=block_t, BLOCK_B=max(16, triton.next_power_of_2(max(ct.nbytes, 1))),
             NUM_THRESH=ct.max_levels, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel, HAS_ROPE=rope,
-            PRECISION=_precision(k.device),
+            PRECISION=_precision(k.device), **({"num_warps": num_warps} if num_warps else {}),
         )
 
 

@@ -40,17 +40,44 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _levels(base, byte_ptr, shift_ptr, mask_ptr, two_ptr, lbase_ptr, lev_ptr, ok, D: tl.constexpr,
-            TWO_BYTE: tl.constexpr):
-    """Level of every channel of every token: base [N] slot pointers -> [N, D] float32."""
-    d = tl.arange(0, D)
-    addr = base[:, None] + tl.load(byte_ptr + d)[None, :]
-    word = tl.load(addr, mask=ok[:, None], other=0).to(tl.int32)
-    if TWO_BYTE:
-        two = tl.load(two_ptr + d)
-        word = word | (tl.load(addr + 1, mask=ok[:, None] & (two[None, :] != 0), other=0).to(tl.int32) << 8)
-    code = (word >> tl.load(shift_ptr + d)[None, :]) & tl.load(mask_ptr + d)[None, :]
-    return tl.load(lev_ptr + tl.load(lbase_ptr + d)[None, :] + code)
+def _group_levels(base, lev_ptr, ok, OFF: tl.constexpr, B: tl.constexpr, NSEG: tl.constexpr,
+                  NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Levels of one bit-width group: NSEG segments of 8 channels of B bits at byte OFF of each slot.
+
+    A segment is B bytes, little-endian, channel i at bits [i B, i B + B) (the codec's run packing),
+    so every load and shift is regular (no per-channel tables). Levels come from the symmetric
+    table L_B: L[c] = +L[2^(B-1) + m] above the middle, -L[...] below, m the distance from it.
+    base: [N] slot pointers -> [N, NSEG_P2 * 8] float32 (padding channels 0)."""
+    seg = tl.arange(0, NSEG_P2)
+    byt = tl.arange(0, 4)
+    msk = ok[:, None, None] & (seg[None, :, None] < NSEG) & (byt[None, None, :] < B)
+    raw = tl.load(base[:, None, None] + OFF + seg[None, :, None] * B + byt[None, None, :], mask=msk, other=0)
+    word = tl.sum(raw.to(tl.int32) << (8 * byt)[None, None, :], axis=2)  # [N, NSEG_P2]
+    code = (word[:, :, None] >> (B * tl.arange(0, 8))[None, None, :]) & ((1 << B) - 1)
+    code = tl.reshape(code, [BLOCK_N, NSEG_P2 * 8])
+    HALFV: tl.constexpr = 1 << (B - 1)
+    upper = code >= HALFV
+    m = tl.where(upper, code - HALFV, HALFV - 1 - code)
+    mag = tl.zeros([BLOCK_N, NSEG_P2 * 8], tl.float32) + tl.load(lev_ptr + 16 * B + HALFV)
+    for i in tl.static_range(1, HALFV):
+        mag = tl.where(m == i, tl.load(lev_ptr + 16 * B + HALFV + i), mag)
+    return tl.where(upper, mag, -mag)
+
+
+@triton.jit
+def _group_query(qt_ptr, row, row_ok, D: tl.constexpr, C0: tl.constexpr, NSEG: tl.constexpr,
+                 NSEG_P2: tl.constexpr):
+    """The query's channels [C0, C0 + 8 NSEG) of one group: [M, NSEG_P2 * 8] (padding 0)."""
+    w = tl.arange(0, NSEG_P2 * 8)
+    return tl.load(qt_ptr + row[:, None] * D + C0 + w[None, :], mask=row_ok[:, None] & (w[None, :] < 8 * NSEG),
+                   other=0.0)
+
+
+@triton.jit
+def _group_store(ptr, out, acc, row_ok, D: tl.constexpr, C0: tl.constexpr, NSEG: tl.constexpr,
+                 NSEG_P2: tl.constexpr):
+    w = tl.arange(0, NSEG_P2 * 8)
+    tl.store(ptr + out[:, None] * D + C0 + w[None, :], acc, mask=row_ok[:, None] & (w[None, :] < 8 * NSEG))
 
 
 @triton.jit
@@ -88,12 +115,18 @@ def _attn_kernel(
     bt_ptr, bt_stride, prefix_ptr, cuq_ptr,
     sk_ptr, sv_ptr,  # [B, S, H, D] sink buffers
     kn_ptr, vn_ptr,  # [Tq, H, D] fresh keys and values
-    kbyte, kshift, kmask, ktwo, klb, vbyte, vshift, vmask, vtwo, vlb, lev_ptr,
+    lev_ptr,  # [(MAX_BITS+1) * 16] level tables
     acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr,  # [NS, Tq, Hq, D] x2, [NS, Tq, Hq] x3
     Tq, Hq, H, G, block_size, n_sinks, slot_bytes, ks_off, vs_off, tiles_per_split, n_qblocks,
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, G_P2: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_ROPE: tl.constexpr,
-    PACKED: tl.constexpr, TWO_BYTE: tl.constexpr, LOWP: tl.constexpr,
+    PACKED: tl.constexpr, LOWP: tl.constexpr,
+    # bit layout of the layer: segments of 8 channels at 4, 3, 2, 1 bits (K then V), and the same
+    # rounded up to a power of two (at least 2) for the tile shapes
+    K4: tl.constexpr, K3: tl.constexpr, K2: tl.constexpr, K1: tl.constexpr,
+    V4: tl.constexpr, V3: tl.constexpr, V2: tl.constexpr, V1: tl.constexpr,
+    K4P: tl.constexpr, K3P: tl.constexpr, K2P: tl.constexpr, K1P: tl.constexpr,
+    V4P: tl.constexpr, V3P: tl.constexpr, V2P: tl.constexpr, V1P: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -154,9 +187,34 @@ def _attn_kernel(
     n_tiles = tl.cdiv(prefix, BLOCK_N)
     tile_lo = split * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
+    # channel and byte offsets of the groups (K codes, then V codes)
+    KC3: tl.constexpr = 8 * K4
+    KC2: tl.constexpr = 8 * (K4 + K3)
+    KC1: tl.constexpr = 8 * (K4 + K3 + K2)
+    KO3: tl.constexpr = 4 * K4
+    KO2: tl.constexpr = 4 * K4 + 3 * K3
+    KO1: tl.constexpr = 4 * K4 + 3 * K3 + 2 * K2
+    VO4: tl.constexpr = 4 * K4 + 3 * K3 + 2 * K2 + K1
+    VC3: tl.constexpr = 8 * V4
+    VC2: tl.constexpr = 8 * (V4 + V3)
+    VC1: tl.constexpr = 8 * (V4 + V3 + V2)
+    VCODED: tl.constexpr = 8 * (V4 + V3 + V2 + V1)
+    VO3: tl.constexpr = VO4 + 4 * V4
+    VO2: tl.constexpr = VO4 + 4 * V4 + 3 * V3
+    VO1: tl.constexpr = VO4 + 4 * V4 + 3 * V3 + 2 * V2
     if PACKED:
-        acc_t = tl.zeros([BLOCK_M, D], tl.float32)
-        qt = tl.load(qt_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+        if K4 > 0:
+            q4 = _group_query(qt_ptr, row, row_ok, D, 0, K4, K4P)
+        if K3 > 0:
+            q3 = _group_query(qt_ptr, row, row_ok, D, KC3, K3, K3P)
+        if K2 > 0:
+            q2 = _group_query(qt_ptr, row, row_ok, D, KC2, K2, K2P)
+        if K1 > 0:
+            q1 = _group_query(qt_ptr, row, row_ok, D, KC1, K1, K1P)
+        a4 = tl.zeros([BLOCK_M, 8 * V4P], tl.float32)
+        a3 = tl.zeros([BLOCK_M, 8 * V3P], tl.float32)
+        a2 = tl.zeros([BLOCK_M, 8 * V2P], tl.float32)
+        a1 = tl.zeros([BLOCK_M, 8 * V1P], tl.float32)
         cm = tl.load(cm_ptr + row, mask=row_ok, other=0.0)
         if HAS_ROPE:
             i = tl.arange(0, HALF)
@@ -178,9 +236,16 @@ def _attn_kernel(
         if PACKED:
             ok = in_seq & (t >= n_sinks)
             base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
-            kl = _levels(base, kbyte, kshift, kmask, ktwo, klb, lev_ptr, ok, D, TWO_BYTE)
-            ks = _scale(base + ks_off, ok)
-            s = _mm(qt, tl.trans(kl), LOWP) * ks[None, :] + cm[:, None]
+            s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            if K4 > 0:
+                s += _mm(q4, tl.trans(_group_levels(base, lev_ptr, ok, 0, 4, K4, K4P, BLOCK_N)), LOWP)
+            if K3 > 0:
+                s += _mm(q3, tl.trans(_group_levels(base, lev_ptr, ok, KO3, 3, K3, K3P, BLOCK_N)), LOWP)
+            if K2 > 0:
+                s += _mm(q2, tl.trans(_group_levels(base, lev_ptr, ok, KO2, 2, K2, K2P, BLOCK_N)), LOWP)
+            if K1 > 0:
+                s += _mm(q1, tl.trans(_group_levels(base, lev_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
+            s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
             if HAS_ROPE:
                 ang = (tile * BLOCK_N).to(tl.float64) * invf
                 ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
@@ -192,9 +257,15 @@ def _attn_kernel(
                 s += _mm(rb * c0[None, :] - ra * s0[None, :], tl.trans(sn), LOWP)
             s = tl.where(ok[None, :], s, float("-inf"))
             p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
-            vl = _levels(base, vbyte, vshift, vmask, vtwo, vlb, lev_ptr, ok, D, TWO_BYTE)
-            vs = _scale(base + vs_off, ok)
-            acc_t = acc_t * alpha[:, None] + _mm(p * vs[None, :], vl, LOWP)
+            pv = p * _scale(base + vs_off, ok)[None, :]
+            if V4 > 0:
+                a4 = a4 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO4, 4, V4, V4P, BLOCK_N), LOWP)
+            if V3 > 0:
+                a3 = a3 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO3, 3, V3, V3P, BLOCK_N), LOWP)
+            if V2 > 0:
+                a2 = a2 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO2, 2, V2, V2P, BLOCK_N), LOWP)
+            if V1 > 0:
+                a1 = a1 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
             lq = lq * alpha + tl.sum(p, axis=1)
             acc_o = acc_o * alpha[:, None]
         else:
@@ -213,8 +284,17 @@ def _attn_kernel(
         tl.store(m_ptr + out, m_i, mask=row_ok)
         tl.store(l_ptr + out, l_i, mask=row_ok)
     tl.store(acco_ptr + out[:, None] * D + d[None, :], acc_o * inv[:, None], mask=row_ok[:, None])
-    if PACKED:
-        tl.store(acct_ptr + out[:, None] * D + d[None, :], acc_t * inv[:, None], mask=row_ok[:, None])
+    if PACKED:  # the codec-space accumulator, group by group; channels without bits get 0
+        if V4 > 0:
+            _group_store(acct_ptr, out, a4 * inv[:, None], row_ok, D, 0, V4, V4P)
+        if V3 > 0:
+            _group_store(acct_ptr, out, a3 * inv[:, None], row_ok, D, VC3, V3, V3P)
+        if V2 > 0:
+            _group_store(acct_ptr, out, a2 * inv[:, None], row_ok, D, VC2, V2, V2P)
+        if V1 > 0:
+            _group_store(acct_ptr, out, a1 * inv[:, None], row_ok, D, VC1, V1, V1P)
+        tl.store(acct_ptr + out[:, None] * D + d[None, :], tl.zeros([BLOCK_M, D], tl.float32),
+                 mask=row_ok[:, None] & (d[None, :] >= VCODED))
         tl.store(lq_ptr + out, lq * inv, mask=row_ok)
 
 
@@ -250,6 +330,16 @@ def rope_tile_table(inv_freq: torch.Tensor, block_n: int, device) -> tuple[torch
     """(cos(n w), sin(n w)) for n in [0, block_n): [block_n, d/2] float32 each."""
     ang = torch.arange(block_n, dtype=torch.float64, device=inv_freq.device)[:, None] * inv_freq.double()[None, :]
     return ang.cos().float().to(device).contiguous(), ang.sin().float().to(device).contiguous()
+
+
+def _group_args(groups) -> dict:
+    """Segment counts per bit width (K4..K1, V4..V1) and their power-of-two tile sizes (>= 2)."""
+    out = {}
+    for kind, counts in zip("KV", groups):
+        for b, n in zip((4, 3, 2, 1), counts):
+            out[f"{kind}{b}"] = n
+            out[f"{kind}{b}P"] = max(2, triton.next_power_of_2(max(n, 1)))
+    return out
 
 
 def _default_splits(batch: int, kv_heads: int, tiles: int, device: torch.device) -> int:
@@ -308,14 +398,13 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         qt = torch.einsum("thgd,hde->thge", qg, tables.k_W).reshape(Tq, Hq, D).contiguous()
         cm = torch.einsum("thgd,hd->thg", qg, tables.k_b).reshape(Tq, Hq).contiguous()
         cn, sn = rope_tile_table(tables.inv_freq, block_n, dev)
-        kt, vt = tables.k, tables.v
         S = tables.sinks
-        two_byte = tables.two_byte
+        groups = tables.groups
     else:
         qt = cm = qo
         cn = sn = qo
         S = 0
-        two_byte = False
+        groups = ((0, 0, 0, 0), (0, 0, 0, 0))
     acc_o = torch.empty(num_splits, Tq, Hq, D, **f32)
     acc_t = torch.empty(num_splits, Tq, Hq, D, **f32) if packed else acc_o
     lq = torch.empty(num_splits, Tq, Hq, **f32)
@@ -324,7 +413,6 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
     if poison:  # tests: every scratch value the result depends on must be written by the kernel
         for buf in {id(x): x for x in (acc_o, acc_t, lq, m, l)}.values():
             buf.fill_(float("nan"))
-    dummy_i = cu_q
     launch = {"num_warps": num_warps} if num_warps else {}
     grid = (B * n_qblocks, H, num_splits)
     compiled = _attn_kernel[grid](
@@ -334,14 +422,14 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         block_table, block_table.stride(0), prefix_lens, cu_q,
         sink_k if packed and S else qo, sink_v if packed and S else qo,
         k_new.contiguous(), v_new.contiguous(),
-        *((kt.byte, kt.shift, kt.mask, kt.two, kt.lbase, vt.byte, vt.shift, vt.mask, vt.two, vt.lbase, tables.levels)
-          if packed else (dummy_i,) * 10 + (qo,)),
+        tables.levels if packed else qo,
         acc_t, acc_o, lq, m, l,
         Tq, Hq, H, G, block_size, S, tables.slot_bytes if packed else 0,
         tables.k_scale_offset if packed else 0, tables.v_scale_offset if packed else 0, tiles_per_split, n_qblocks,
         D=D, HALF=D // 2, BLOCK_Q=block_q, G_P2=G_P2, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
         BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), NUM_SPLITS=num_splits,
-        HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed, TWO_BYTE=two_byte,
+        HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed,
+        **_group_args(groups),
         LOWP=dev.type != "cpu", **launch,
     )
     if stats is not None:  # benchmarks: registers and spills of the compiled kernel

@@ -38,10 +38,14 @@ LEVELS_PER_ROW = 16  # 2**MAX_BITS entries per bit width in the level table
 
 
 def level_table(codec: OscarCodec) -> torch.Tensor:
-    """[(MAX_BITS + 1) * 16] float32: row b holds the b-bit level table (row 0 is zeros)."""
+    """[(MAX_BITS + 1) * 16] float32: row b holds the b-bit level table (row 0 is zeros). The tables
+    must be symmetric (L[c] = -L[2^b - 1 - c]): the attention kernel stores half of each."""
     tab = torch.zeros(MAX_BITS + 1, LEVELS_PER_ROW)
     for b in range(1, MAX_BITS + 1):
-        tab[b, : 1 << b] = codec._tables[b]
+        lv = codec._tables[b]
+        if not torch.allclose(lv, -lv.flip(0), atol=1e-6):
+            raise ConfigError(f"the packed kernels need symmetric level tables; {b}-bit levels are {lv.tolist()}")
+        tab[b, : 1 << b] = lv
     return tab.reshape(-1)
 
 
@@ -90,6 +94,19 @@ def _channel_table(codec: OscarCodec, bits: torch.Tensor, base_byte: int) -> Cha
                         max_levels=(1 << int(b64.max())) - 1 if d else 0, coded=int((b64 > 0).sum()))
 
 
+def _groups(bits: torch.Tensor, layer: int, kind: str) -> tuple[int, int, int, int]:
+    """Segments of 8 channels at 4, 3, 2 and 1 bits; the attention kernel needs bits non-increasing
+    (channels in importance order, as `oscar` fits them) so each width is one contiguous group."""
+    b = bits.tolist()
+    if any(x < y for x, y in zip(b, b[1:])):
+        raise ConfigError(f"layer {layer} {kind}: the packed kernels need non-increasing bits per channel "
+                          f"(importance order), got {b}")
+    counts = [b.count(w) for w in (4, 3, 2, 1)]
+    if any(c % 8 for c in counts):
+        raise ConfigError(f"layer {layer} {kind}: bit widths must come in segments of 8 channels, got {counts}")
+    return tuple(c // 8 for c in counts)
+
+
 def slot_bytes_for(codec: OscarCodec) -> int:
     """Bytes of one slot (one token, one KV head, K and V), the same for every layer."""
     most = max(int(cb["k"].bits.sum() + cb["v"].bits.sum()) // 8 for cb in codec.layers.values())
@@ -129,6 +146,7 @@ class LayerTables:
     kv_heads: int
     has_rope_mean: bool  # host-side flags: reading them never syncs the device (CUDA graphs)
     two_byte: bool  # some code crosses a byte boundary
+    groups: tuple  # ((K segments at 4, 3, 2, 1 bits), (V ...)): the layout as the attention kernel takes it
 
     @property
     def k_scale_offset(self) -> int:
@@ -178,6 +196,7 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
         v_b=torch.einsum("hij,hj->hi", v_Tinv, vc.mean.double()).float(),
         levels=level_table(codec), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
         kv_heads=int(kc.T.shape[0]), has_rope_mean=bool(kc.rope_mean.abs().max() > 0),
-        two_byte=bool(int(kt.two.sum()) + int(vt.two.sum())))
+        two_byte=bool(int(kt.two.sum()) + int(vt.two.sum())),
+        groups=(_groups(kc.bits, layer, "k"), _groups(vc.bits, layer, "v")))
     return tables.to(device)
 

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
-from .layout import LayerTables
+from .layout import LayerTables, group_constexprs
 from .write_kv import check_cache, read_slots
 
 __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_attention_bf16",
@@ -117,9 +117,9 @@ def _attn_kernel(
     kn_ptr, vn_ptr,  # [Tq, H, D] fresh keys and values
     lev_ptr,  # [(MAX_BITS+1) * 16] level tables
     acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr,  # [NS, Tq, Hq, D] x2, [NS, Tq, Hq] x3
-    Tq, Hq, H, G, block_size, n_sinks, slot_bytes, ks_off, vs_off, tiles_per_split, n_qblocks,
+    Tq, Hq, H, G, block_size, n_sinks, slot_bytes, ks_off, vs_off, tiles_per_split, n_qblocks, num_splits,
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, G_P2: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_ROPE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT: tl.constexpr, HAS_ROPE: tl.constexpr,
     PACKED: tl.constexpr, LOWP: tl.constexpr,
     # bit layout of the layer: segments of 8 channels at 4, 3, 2, 1 bits (K then V), and the same
     # rounded up to a power of two (at least 2) for the tile shapes
@@ -153,7 +153,7 @@ def _attn_kernel(
 
     # ---- full-precision tokens first (sinks: first split; fresh, causal: last split), so the
     # original-space query is dead before the page loop ----
-    do_raw = split == NUM_SPLITS - 1
+    do_raw = split == num_splits - 1
     if PACKED:
         do_raw = do_raw | (split == 0)
     if do_raw:
@@ -168,7 +168,7 @@ def _attn_kernel(
                 p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
                 v = tl.load(sv_ptr + s_off, mask=ok[:, None], other=0.0)
                 acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
-        if split == NUM_SPLITS - 1:
+        if split == num_splits - 1:
             hi = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
             j0 = 0
             while j0 < hi:
@@ -279,7 +279,7 @@ def _attn_kernel(
 
     out = split.to(tl.int64) * Tq * Hq + row
     inv = tl.where(l_i > 0, 1.0 / tl.maximum(l_i, 1e-30), 0.0)
-    if NUM_SPLITS > 1:  # partials: the reduction pass normalizes
+    if SPLIT:  # partials: the reduction pass normalizes
         inv = tl.full([BLOCK_M], 1.0, tl.float32)
         tl.store(m_ptr + out, m_i, mask=row_ok)
         tl.store(l_ptr + out, l_i, mask=row_ok)
@@ -300,11 +300,11 @@ def _attn_kernel(
 
 @triton.jit
 def _reduce_kernel(acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr, ot_ptr, oo_ptr, olq_ptr, rows,
-                   NUM_SPLITS: tl.constexpr, S_P2: tl.constexpr, D: tl.constexpr, PACKED: tl.constexpr):
+                   num_splits, S_P2: tl.constexpr, D: tl.constexpr, PACKED: tl.constexpr):
     """Merge split-K partials of one (token, head) row by log-sum-exp and normalize."""
     row = tl.program_id(0).to(tl.int64)
     sp = tl.arange(0, S_P2)
-    ok = sp < NUM_SPLITS
+    ok = sp < num_splits
     idx = sp.to(tl.int64) * rows + row
     m = tl.load(m_ptr + idx, mask=ok, other=-1.0e30)
     l = tl.load(l_ptr + idx, mask=ok, other=0.0)
@@ -333,13 +333,8 @@ def rope_tile_table(inv_freq: torch.Tensor, block_n: int, device) -> tuple[torch
 
 
 def _group_args(groups) -> dict:
-    """Segment counts per bit width (K4..K1, V4..V1) and their power-of-two tile sizes (>= 2)."""
-    out = {}
-    for kind, counts in zip("KV", groups):
-        for b, n in zip((4, 3, 2, 1), counts):
-            out[f"{kind}{b}"] = n
-            out[f"{kind}{b}P"] = max(2, triton.next_power_of_2(max(n, 1)))
-    return out
+    """K and V layouts as the attention kernel's constexprs (K4..K1, V4..V1 and their tile sizes)."""
+    return {**group_constexprs("K", groups[0]), **group_constexprs("V", groups[1])}
 
 
 def _default_splits(batch: int, kv_heads: int, tiles: int, device: torch.device) -> int:
@@ -425,9 +420,9 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         tables.levels if packed else qo,
         acc_t, acc_o, lq, m, l,
         Tq, Hq, H, G, block_size, S, tables.slot_bytes if packed else 0,
-        tables.k_scale_offset if packed else 0, tables.v_scale_offset if packed else 0, tiles_per_split, n_qblocks,
+        tables.k_scale_offset if packed else 0, tables.v_scale_offset if packed else 0, tiles_per_split, n_qblocks, num_splits,
         D=D, HALF=D // 2, BLOCK_Q=block_q, G_P2=G_P2, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
-        BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), NUM_SPLITS=num_splits,
+        BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), SPLIT=num_splits > 1,
         HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed,
         **_group_args(groups),
         LOWP=dev.type != "cpu", **launch,
@@ -440,7 +435,7 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         o_o = torch.empty(Tq, Hq, D, **f32)
         o_lq = torch.empty(Tq, Hq, **f32) if packed else None
         _reduce_kernel[(Tq * Hq,)](acc_t, acc_o, lq, m, l, o_t if packed else o_o, o_o, o_lq if packed else o_o,
-                                   Tq * Hq, NUM_SPLITS=num_splits, S_P2=triton.next_power_of_2(num_splits), D=D,
+                                   Tq * Hq, num_splits, S_P2=triton.next_power_of_2(num_splits), D=D,
                                    PACKED=packed)
     else:
         o_t, o_o, o_lq = acc_t[0], acc_o[0], lq[0]

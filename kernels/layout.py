@@ -13,16 +13,15 @@ offset from the end, so every layer shares one slot size even when the layer's K
 The first `codec.sinks` positions of every sequence are kept in bf16 beside the pages
 (`sink_k, sink_v: [batch, sinks, kv_heads, d]`); their slots are written but never read.
 
-Per channel j the kernels need: the byte holding its code (`byte`), the shift inside the 16-bit
-little-endian word starting there (`shift`), the code mask (`mask`, 0 for 0-bit channels), whether
-the code crosses into the next byte (`two`), and where its bit width's level row starts in the
-level table (`lbase`); for encoding also the decision thresholds (`thresh: [d, 16]`, +inf beyond
-the table).
+Codes come in bit-width groups: `oscar` orders channels by importance with non-increasing bits
+in segments of 8, so each width is one contiguous run of segments, and a segment of 8 channels at
+b bits is b bytes (little-endian, channel i at bits [i b, i b + b)). The kernels take the layout as
+compile-time segment counts per width (`groups`, `group_constexprs`): every load and shift is
+regular, and levels come from the symmetric level tables (`level_table`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,8 @@ from ..codecs.oscar import OscarCodec
 from ..codecs.quantizers import MAX_BITS
 from ..errors import ConfigError
 
-__all__ = ["SCALE_BYTES", "ChannelTable", "LayerTables", "slot_bytes_for", "layer_tables", "level_table"]
+__all__ = ["SCALE_BYTES", "ChannelTable", "LayerTables", "slot_bytes_for", "layer_tables", "level_table",
+           "group_constexprs"]
 
 SCALE_BYTES = 4  # fp16 K scale + fp16 V scale
 LEVELS_PER_ROW = 16  # 2**MAX_BITS entries per bit width in the level table
@@ -51,47 +51,17 @@ def level_table(codec: OscarCodec) -> torch.Tensor:
 
 @dataclass
 class ChannelTable:
-    """Where each channel's code lives in a slot and how to read it. All [d] int32 except thresh.
+    """One kind's code region: nbytes of codes in the slot, coded channels (bits > 0)."""
 
-    byte: byte offset from the slot start (V channels include k_bytes); shift: bit offset inside
-    the little-endian 16-bit word at `byte`; mask: 2**bits - 1; two: 1 where the code crosses into
-    byte + 1; lbase: 16 * bits (row of the level table); thresh: [d, 16] float32 decision
-    thresholds (midpoints of the level table, +inf past the last one); nbytes: code bytes of this
-    kind; max_levels: 2**max(bits) - 1, the thresholds worth testing; coded: channels with bits>0."""
-
-    byte: torch.Tensor
-    shift: torch.Tensor
-    mask: torch.Tensor
-    two: torch.Tensor
-    lbase: torch.Tensor
-    thresh: torch.Tensor
     nbytes: int
-    max_levels: int
     coded: int
 
 
-def _channel_table(codec: OscarCodec, bits: torch.Tensor, base_byte: int) -> ChannelTable:
-    d = bits.numel()
-    byte = torch.zeros(d, dtype=torch.int32)
-    shift = torch.zeros(d, dtype=torch.int32)
-    two = torch.zeros(d, dtype=torch.int32)
-    thresh = torch.full((d, LEVELS_PER_ROW), math.inf)
-    bitpos = 0  # runs are whole bytes, so the codec's per-run streams concatenate into one stream
-    for j, b in enumerate(bits.tolist()):
-        if b == 0:
-            continue
-        byte[j] = base_byte + bitpos // 8
-        shift[j] = bitpos % 8
-        two[j] = int(bitpos % 8 + b > 8)
-        lv = codec._tables[b]
-        thresh[j, : (1 << b) - 1] = 0.5 * (lv[1:] + lv[:-1])
-        bitpos += b
-    if bitpos % 8:
-        raise ConfigError(f"oscar layout of {bitpos} bits is not whole bytes")
-    b64 = bits.to(torch.int64)
-    return ChannelTable(byte=byte, shift=shift, mask=((1 << b64) - 1).to(torch.int32), two=two,
-                        lbase=(LEVELS_PER_ROW * b64).to(torch.int32), thresh=thresh, nbytes=bitpos // 8,
-                        max_levels=(1 << int(b64.max())) - 1 if d else 0, coded=int((b64 > 0).sum()))
+def _channel_table(bits: torch.Tensor) -> ChannelTable:
+    total = int(bits.sum())
+    if total % 8:
+        raise ConfigError(f"oscar layout of {total} bits is not whole bytes")
+    return ChannelTable(nbytes=total // 8, coded=int((bits > 0).sum()))
 
 
 def _groups(bits: torch.Tensor, layer: int, kind: str) -> tuple[int, int, int, int]:
@@ -105,6 +75,16 @@ def _groups(bits: torch.Tensor, layer: int, kind: str) -> tuple[int, int, int, i
     if any(c % 8 for c in counts):
         raise ConfigError(f"layer {layer} {kind}: bit widths must come in segments of 8 channels, got {counts}")
     return tuple(c // 8 for c in counts)
+
+
+def group_constexprs(prefix: str, counts) -> dict:
+    """Kernel constexprs for one kind's layout: {P4..P1: segments at 4..1 bits, P4P..P1P: the same
+    rounded up to a power of two, at least 2 (tile shapes)}."""
+    out = {}
+    for b, n in zip((4, 3, 2, 1), counts):
+        out[f"{prefix}{b}"] = int(n)
+        out[f"{prefix}{b}P"] = max(2, 1 << max(int(n) - 1, 0).bit_length())
+    return out
 
 
 def slot_bytes_for(codec: OscarCodec) -> int:
@@ -144,8 +124,7 @@ class LayerTables:
     sinks: int
     head_dim: int
     kv_heads: int
-    has_rope_mean: bool  # host-side flags: reading them never syncs the device (CUDA graphs)
-    two_byte: bool  # some code crosses a byte boundary
+    has_rope_mean: bool  # host-side flag: reading it never syncs the device (CUDA graphs)
     groups: tuple  # ((K segments at 4, 3, 2, 1 bits), (V ...)): the layout as the attention kernel takes it
 
     @property
@@ -180,8 +159,8 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
     d = int(kc.T.shape[-1])
     if d % 16 or d > 256 or d & (d - 1):
         raise ConfigError(f"the packed kernels support head dims 16..256 that are powers of two, got {d}")
-    kt = _channel_table(codec, kc.bits, 0)
-    vt = _channel_table(codec, vc.bits, kt.nbytes)
+    kt = _channel_table(kc.bits)
+    vt = _channel_table(vc.bits)
     sb = slot_bytes if slot_bytes is not None else slot_bytes_for(codec)
     if kt.nbytes + vt.nbytes + SCALE_BYTES > sb:
         raise ConfigError(f"layer {layer} needs {kt.nbytes + vt.nbytes + SCALE_BYTES} slot bytes, the cache has {sb}")
@@ -196,7 +175,6 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
         v_b=torch.einsum("hij,hj->hi", v_Tinv, vc.mean.double()).float(),
         levels=level_table(codec), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
         kv_heads=int(kc.T.shape[0]), has_rope_mean=bool(kc.rope_mean.abs().max() > 0),
-        two_byte=bool(int(kt.two.sum()) + int(vt.two.sum())),
         groups=(_groups(kc.bits, layer, "k"), _groups(vc.bits, layer, "v")))
     return tables.to(device)
 

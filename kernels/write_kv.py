@@ -19,12 +19,73 @@ import triton.language as tl
 
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
-from .layout import ChannelTable, LayerTables
+from .layout import LayerTables, group_constexprs
 
 __all__ = ["write_kv", "write_kv_reference", "check_cache"]
 
 TWO_PI = 2 * math.pi
 MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
+
+
+@triton.jit
+def _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D: tl.constexpr, C0: tl.constexpr,
+             NSEG: tl.constexpr, NSEG_P2: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr):
+    """Normalized coordinates z = (T x - mean) / std of one group's channels [C0, C0 + 8 NSEG):
+    -> (z [BT, NSEG_P2 * 8] (padding 0), std^2 [NSEG_P2 * 8] (padding 0))."""
+    w = tl.arange(0, NSEG_P2 * 8)
+    cmask = w < 8 * NSEG
+    col = C0 + w
+    if TRANSFORM:  # x' = x T^T for these output channels: T[h, col, :] read as [in, out]
+        d = tl.arange(0, D)
+        tt = tl.load(t_ptr + h * D * D + col[None, :] * D + d[:, None], mask=cmask[None, :], other=0.0)
+        xp = tl.dot(x, tt, input_precision=PRECISION)
+    else:  # transformed on the host
+        xp = tl.load(x_ptr + tok[:, None] * (H * D) + h * D + col[None, :], mask=valid[:, None] & cmask[None, :],
+                     other=0.0).to(tl.float32)
+    mean = tl.load(mean_ptr + h * D + col, mask=cmask, other=0.0)
+    std = tl.load(std_ptr + h * D + col, mask=cmask, other=1.0)
+    z = tl.where(cmask[None, :], (xp - mean[None, :]) / std[None, :], 0.0)
+    return z, tl.where(cmask, std * std, 0.0)
+
+
+@triton.jit
+def _group_quantize(zn, lev_ptr, B: tl.constexpr):
+    """Nearest level of the symmetric B-bit table (ties as torch.bucketize): -> (code int32, level)."""
+    HALFV: tl.constexpr = 1 << (B - 1)
+    a = tl.abs(zn)
+    upper = zn > 0
+    m = tl.zeros(zn.shape, tl.int32)
+    mag = tl.zeros(zn.shape, tl.float32) + tl.load(lev_ptr + 16 * B + HALFV)
+    for i in tl.static_range(1, HALFV):
+        lo = tl.load(lev_ptr + 16 * B + HALFV + i - 1)
+        hi = tl.load(lev_ptr + 16 * B + HALFV + i)
+        mid = 0.5 * (hi + lo)
+        step = tl.where(upper, a > mid, a >= mid)
+        m += step.to(tl.int32)
+        mag = tl.where(step, hi, mag)
+    code = tl.where(upper, HALFV + m, HALFV - 1 - m)
+    return code, tl.where(upper, mag, -mag)
+
+
+@triton.jit
+def _group_ls(z, w2, scale, lev_ptr, B: tl.constexpr):
+    """Weighted least-squares terms of one group for the current scale: (sum w z L, sum w L^2)."""
+    _, lev = _group_quantize(z / scale[:, None], lev_ptr, B)
+    return tl.sum(w2[None, :] * z * lev, axis=1), tl.sum(w2[None, :] * lev * lev, axis=1)
+
+
+@triton.jit
+def _group_pack(z, scale, lev_ptr, base, valid, OFF: tl.constexpr, B: tl.constexpr, NSEG: tl.constexpr,
+                NSEG_P2: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Quantize with the final scale and store the group's segments (B bytes per 8 channels)."""
+    code, _ = _group_quantize(z / scale[:, None], lev_ptr, B)
+    code = tl.reshape(code, [BLOCK_T, NSEG_P2, 8])
+    word = tl.sum(code << (B * tl.arange(0, 8))[None, None, :], axis=2)  # [BT, NSEG_P2], < 2^32
+    byt = tl.arange(0, 4)
+    out = (word[:, :, None] >> (8 * byt)[None, None, :]) & 255
+    seg = tl.arange(0, NSEG_P2)
+    msk = valid[:, None, None] & (seg[None, :, None] < NSEG) & (byt[None, None, :] < B)
+    tl.store(base[:, None, None] + OFF + seg[None, :, None] * B + byt[None, None, :], out.to(tl.uint8), mask=msk)
 
 
 @triton.jit
@@ -34,25 +95,27 @@ def _write_kind_kernel(
     slot_ptr,  # [T] int64 slot index (block * block_size + offset); -1 = padding, skipped
     cache_ptr,  # [num_slots, H, slot_bytes] uint8
     t_ptr, mean_ptr, std_ptr, rm_ptr, invf_ptr,  # [H,D,D], [H,D], [H,D], [H,D] float32; [D/2] float64
-    byte_ptr, shift_ptr, lbase_ptr, thr_ptr, lev_ptr,  # channel table [D] int32, thresholds [D,16], levels
-    n_tokens, H, slot_bytes, code_off, n_bytes, scale_off, inv_coded,
-    D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_B: tl.constexpr,
-    NUM_THRESH: tl.constexpr, SCALE_ITERS: tl.constexpr, TRANSFORM: tl.constexpr, HAS_ROPE: tl.constexpr,
-    PRECISION: tl.constexpr,
+    lev_ptr,  # [(MAX_BITS+1) * 16] level tables
+    n_tokens, H, slot_bytes, scale_off, inv_coded,
+    D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, SCALE_ITERS: tl.constexpr,
+    TRANSFORM: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr, OFF: tl.constexpr,
+    G4: tl.constexpr, G3: tl.constexpr, G2: tl.constexpr, G1: tl.constexpr,
+    G4P: tl.constexpr, G3P: tl.constexpr, G2P: tl.constexpr, G1P: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     h = tl.program_id(1)
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    in_range = t < n_tokens
-    d = tl.arange(0, D)
-    slot = tl.load(slot_ptr + t, mask=in_range, other=-1).to(tl.int64)
+    tok = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    in_range = tok < n_tokens
+    slot = tl.load(slot_ptr + tok, mask=in_range, other=-1).to(tl.int64)
     valid = in_range & (slot >= 0)
-    x = tl.load(x_ptr + t[:, None].to(tl.int64) * (H * D) + h * D + d[None, :], mask=valid[:, None],
-                other=0.0).to(tl.float32)
+    tok = tok.to(tl.int64)
+    x = tl.zeros([BLOCK_T, D], tl.float32)
     if TRANSFORM:
+        d = tl.arange(0, D)
+        x = tl.load(x_ptr + tok[:, None] * (H * D) + h * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         if HAS_ROPE:
             # remove the position-dependent key mean R_p m (rotate_half pairs j and j + D/2)
-            pos = tl.load(pos_ptr + t, mask=valid, other=0).to(tl.float64)
+            pos = tl.load(pos_ptr + tok, mask=valid, other=0).to(tl.float64)
             invf = tl.load(invf_ptr + (d % HALF))
             ang = pos[:, None] * invf[None, :]
             ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
@@ -60,43 +123,58 @@ def _write_kind_kernel(
             m_pair = tl.load(rm_ptr + h * D + (d + HALF) % D)
             sign = tl.where(d < HALF, -1.0, 1.0)
             x = x - (m_self[None, :] * tl.cos(ang) + (sign * m_pair)[None, :] * tl.sin(ang))
-        # x' = x T^T: load T[h] transposed as [in, out]
-        tt = tl.load(t_ptr + h * D * D + d[None, :] * D + d[:, None])
-        x = tl.dot(x, tt, input_precision=PRECISION)
-    mean = tl.load(mean_ptr + h * D + d)
-    std = tl.load(std_ptr + h * D + d)
-    z = (x - mean[None, :]) / std[None, :]
-    lbase = tl.load(lbase_ptr + d)
-    coded = (lbase > 0).to(tl.float32)
-    weight = std * std
-    scale = tl.maximum(tl.sqrt(tl.sum(z * z * coded[None, :], axis=1) * inv_coded), 1e-6)
-    for _ in tl.static_range(SCALE_ITERS):
-        zn = z / scale[:, None]
-        code = tl.zeros([BLOCK_T, D], dtype=tl.int32)
-        for i in tl.static_range(NUM_THRESH):
-            code += (zn > tl.load(thr_ptr + d * 16 + i)[None, :]).to(tl.int32)
-        lev = tl.load(lev_ptr + lbase[None, :] + code)
-        num = tl.sum(weight[None, :] * z * lev, axis=1)
-        den = tl.maximum(tl.sum(weight[None, :] * lev * lev, axis=1), 1e-12)
+    C3: tl.constexpr = 8 * G4
+    C2: tl.constexpr = 8 * (G4 + G3)
+    C1: tl.constexpr = 8 * (G4 + G3 + G2)
+    ssq = tl.zeros([BLOCK_T], tl.float32)
+    if G4 > 0:
+        z4, w4 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, 0, G4, G4P, TRANSFORM, PRECISION)
+        ssq += tl.sum(z4 * z4, axis=1)
+    if G3 > 0:
+        z3, w3 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C3, G3, G3P, TRANSFORM, PRECISION)
+        ssq += tl.sum(z3 * z3, axis=1)
+    if G2 > 0:
+        z2, w2 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C2, G2, G2P, TRANSFORM, PRECISION)
+        ssq += tl.sum(z2 * z2, axis=1)
+    if G1 > 0:
+        z1, w1 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C1, G1, G1P, TRANSFORM, PRECISION)
+        ssq += tl.sum(z1 * z1, axis=1)
+    scale = tl.maximum(tl.sqrt(ssq * inv_coded), 1e-6)  # RMS over the coded channels
+    for _ in range(SCALE_ITERS):  # least-squares scale for the chosen codes, weighted by std^2
+        num = tl.zeros([BLOCK_T], tl.float32)
+        den = tl.zeros([BLOCK_T], tl.float32)
+        if G4 > 0:
+            a, b = _group_ls(z4, w4, scale, lev_ptr, 4)
+            num += a
+            den += b
+        if G3 > 0:
+            a, b = _group_ls(z3, w3, scale, lev_ptr, 3)
+            num += a
+            den += b
+        if G2 > 0:
+            a, b = _group_ls(z2, w2, scale, lev_ptr, 2)
+            num += a
+            den += b
+        if G1 > 0:
+            a, b = _group_ls(z1, w1, scale, lev_ptr, 1)
+            num += a
+            den += b
+        den = tl.maximum(den, 1e-12)
         scale = tl.maximum(tl.where(num > 0, num / den, scale), 1e-6)
     scale16 = scale.to(tl.float16)
-    zn = z / scale16.to(tl.float32)[:, None]
-    code = tl.zeros([BLOCK_T, D], dtype=tl.int32)
-    for i in tl.static_range(NUM_THRESH):
-        code += (zn > tl.load(thr_ptr + d * 16 + i)[None, :]).to(tl.int32)
-    # pack: each code lands at (byte, shift); bits of different channels never overlap, so the
-    # byte is the sum of the low and high parts routed by 0/1 matrices (exact in float32)
-    word = code << tl.load(shift_ptr + d)[None, :]
-    rel = tl.load(byte_ptr + d) - code_off
-    b = tl.arange(0, BLOCK_B)
-    # (integers <= 255 and 0/1 are exact in fp16; the float32 accumulation sums disjoint bits)
-    route_lo = (rel[:, None] == b[None, :]).to(tl.float16)
-    route_hi = ((rel[:, None] + 1) == b[None, :]).to(tl.float16)
-    packed = tl.dot((word & 255).to(tl.float16), route_lo)
-    packed += tl.dot((word >> 8).to(tl.float16), route_hi)
+    scale = scale16.to(tl.float32)
     base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
-    tl.store(base[:, None] + code_off + b[None, :], (packed + 0.5).to(tl.int32).to(tl.uint8),
-             mask=valid[:, None] & (b[None, :] < n_bytes))
+    O3: tl.constexpr = OFF + 4 * G4
+    O2: tl.constexpr = OFF + 4 * G4 + 3 * G3
+    O1: tl.constexpr = OFF + 4 * G4 + 3 * G3 + 2 * G2
+    if G4 > 0:
+        _group_pack(z4, scale, lev_ptr, base, valid, OFF, 4, G4, G4P, BLOCK_T)
+    if G3 > 0:
+        _group_pack(z3, scale, lev_ptr, base, valid, O3, 3, G3, G3P, BLOCK_T)
+    if G2 > 0:
+        _group_pack(z2, scale, lev_ptr, base, valid, O2, 2, G2, G2P, BLOCK_T)
+    if G1 > 0:
+        _group_pack(z1, scale, lev_ptr, base, valid, O1, 1, G1, G1P, BLOCK_T)
     bits16 = scale16.to(tl.int16, bitcast=True).to(tl.int32) & 65535
     tl.store(base + scale_off, (bits16 & 255).to(tl.uint8), mask=valid)
     tl.store(base + scale_off + 1, (bits16 >> 8).to(tl.uint8), mask=valid)
@@ -160,14 +238,14 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
                 xf = xf - apply_rope(m, positions.to(x.device), tables.inv_freq)
             src = torch.einsum("hij,thj->thi", T, xf).contiguous()
         grid = (triton.cdiv(n, block_t), H)
+        counts = tables.groups[0 if kind == "k" else 1]
         _write_kind_kernel[grid](
-            src, pos, slots, cache, T, mean, std, tables.rope_mean, tables.inv_freq,
-            ct.byte, ct.shift, ct.lbase, ct.thresh, tables.levels,
-            n, H, tables.slot_bytes, _code_offset(kind, tables),
-            ct.nbytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset, 1.0 / max(ct.coded, 1),
-            D=D, HALF=D // 2, BLOCK_T=block_t, BLOCK_B=max(16, triton.next_power_of_2(max(ct.nbytes, 1))),
-            NUM_THRESH=ct.max_levels, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel, HAS_ROPE=rope,
-            PRECISION=_precision(k.device), **({"num_warps": num_warps} if num_warps else {}),
+            src, pos, slots, cache, T, mean, std, tables.rope_mean, tables.inv_freq, tables.levels,
+            n, H, tables.slot_bytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset,
+            1.0 / max(ct.coded, 1),
+            D=D, HALF=D // 2, BLOCK_T=block_t, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel, HAS_ROPE=rope,
+            PRECISION=_precision(k.device), OFF=_code_offset(kind, tables), **group_constexprs("G", counts),
+            **({"num_warps": num_warps} if num_warps else {}),
         )
 
 

@@ -151,37 +151,31 @@ def _attn_kernel(
     lq = tl.zeros([BLOCK_M], tl.float32)
     acc_o = tl.zeros([BLOCK_M, D], tl.float32)
 
-    # ---- full-precision tokens first (sinks: first split; fresh, causal: last split), so the
-    # original-space query is dead before the page loop ----
-    do_raw = split == num_splits - 1
+    # ---- full-precision tokens first (sinks on the first split, fresh tokens causally on the last),
+    # as masked tiles rather than branches: other splits see empty masks (p = 0, alpha = 1) ----
+    qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
     if PACKED:
-        do_raw = do_raw | (split == 0)
-    if do_raw:
-        qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-        if PACKED:
-            if split == 0:
-                j = tl.arange(0, BLOCK_S)
-                ok = (j < n_sinks) & (j < prefix)
-                s_off = ((seq * n_sinks + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
-                k = tl.load(sk_ptr + s_off, mask=ok[:, None], other=0.0)
-                s = tl.where(ok[None, :], _mm(qo, tl.trans(k), LOWP), float("-inf"))
-                p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
-                v = tl.load(sv_ptr + s_off, mask=ok[:, None], other=0.0)
-                acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
-        if split == num_splits - 1:
-            hi = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
-            j0 = 0
-            while j0 < hi:
-                j = j0 + n
-                ok = j < hi
-                f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
-                k = tl.load(kn_ptr + f_off, mask=ok[:, None], other=0.0)
-                s = _mm(qo, tl.trans(k), LOWP)
-                s = tl.where(ok[None, :] & (j[None, :] <= qpos[:, None]), s, float("-inf"))
-                p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
-                v = tl.load(vn_ptr + f_off, mask=ok[:, None], other=0.0)
-                acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
-                j0 += BLOCK_N
+        j = tl.arange(0, BLOCK_S)
+        ok = (j < n_sinks) & (j < prefix) & (split == 0)
+        s_off = ((seq * n_sinks + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+        k = tl.load(sk_ptr + s_off, mask=ok[:, None], other=0.0)
+        s = tl.where(ok[None, :], _mm(qo, tl.trans(k), LOWP), float("-inf"))
+        p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
+        v = tl.load(sv_ptr + s_off, mask=ok[:, None], other=0.0)
+        acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
+    hi = tl.where(split == num_splits - 1, tl.minimum(q_len, (qb + 1) * BLOCK_Q), 0)
+    j0 = 0
+    while j0 < hi:
+        j = j0 + n
+        ok = j < hi
+        f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+        k = tl.load(kn_ptr + f_off, mask=ok[:, None], other=0.0)
+        s = _mm(qo, tl.trans(k), LOWP)
+        s = tl.where(ok[None, :] & (j[None, :] <= qpos[:, None]), s, float("-inf"))
+        p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
+        v = tl.load(vn_ptr + f_off, mask=ok[:, None], other=0.0)
+        acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
+        j0 += BLOCK_N
 
     # ---- cached prefix from the pages ----
     n_tiles = tl.cdiv(prefix, BLOCK_N)
@@ -225,8 +219,6 @@ def _attn_kernel(
             ra = qa * ma[None, :] + qb_ * mb[None, :]  # multiplies cos(p w)
             rb = qb_ * ma[None, :] - qa * mb[None, :]  # multiplies sin(p w)
             invf = tl.load(invf_ptr + i)
-    else:
-        qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
     tile = tile_lo
     while tile < tile_hi:  # while, not range: runtime bounds (the interpreter's range needs Python ints)
         t = tile * BLOCK_N + n

@@ -42,6 +42,8 @@ from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attentio
 from oscar_cluster.kernels.paged_cache import PagedKVCache, paged_attention_enabled  # noqa: E402
 
 DEV = torch.device("cuda")
+TUNE_BLOCK_N, TUNE_WARPS = (16, 32, 64), (2, 4, 8)
+MODEL_STORAGES = ("bf16", "oscar")
 
 
 def synthetic_codec(d: int, H: int, Hq: int, layers: int = 1, seed: int = 0):
@@ -153,8 +155,8 @@ def _tune(run, splits_default: int) -> dict:
     """Tile size and warps for one Triton kernel, tuned once at the reference shape (compiles are
     the slow part); the split count is then chosen per shape by `_best_splits`."""
     best = (math.inf, {})
-    for block_n in (16, 32, 64):
-        for warps in (2, 4, 8):
+    for block_n in TUNE_BLOCK_N:
+        for warps in TUNE_WARPS:
             stats: dict = {}
             try:
                 run(num_splits=splits_default, block_n=block_n, num_warps=warps, stats=stats)
@@ -310,7 +312,7 @@ def section_model(quick: bool) -> dict:
     reserve = 6 << 30  # activations, logits, allocator slack
     out = {"model": "Qwen2.5-1.5B shape (random bf16 weights)", "context": L, "gpu_free_bytes_after_weights": free,
            "workspace_reserve_bytes": reserve, "rows": []}
-    for storage in ("bf16", "oscar"):
+    for storage in MODEL_STORAGES:
         probe = PagedKVCache(codec if storage == "oscar" else None, batch_size=1, max_tokens=L, storage=storage)
         per_layer = probe.layer(0)
         per_layer.lazy_initialization(torch.empty(1, H, 0, d, device=DEV, dtype=torch.bfloat16),
@@ -368,13 +370,20 @@ def section_model(quick: bool) -> dict:
 
 
 def main() -> None:
+    global TUNE_BLOCK_N, TUNE_WARPS, MODEL_STORAGES  # set once from the command line
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="fewer contexts and batches")
     ap.add_argument("--sections", default="checks,copy,decode,write_kv,model,prefill")
     ap.add_argument("--contexts", type=lambda x: [int(v) for v in x.split(",")], default=None)
     ap.add_argument("--batches", type=lambda x: [int(v) for v in x.split(",")], default=None)
+    ap.add_argument("--model-storages", default="bf16,oscar")
+    ap.add_argument("--tune", default=None, help="block_n values x warps to try, e.g. 32,64x4,8")
     args = ap.parse_args()
+    MODEL_STORAGES = tuple(args.model_storages.split(","))
+    if args.tune:
+        bn, w = args.tune.split("x")
+        TUNE_BLOCK_N, TUNE_WARPS = tuple(map(int, bn.split(","))), tuple(map(int, w.split(",")))
     warnings.filterwarnings("ignore", category=UserWarning)  # SDPA explains each backend it skips
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU (the CPU tests cover correctness)")

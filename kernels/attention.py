@@ -154,15 +154,15 @@ def _attn_kernel(
     # ---- full-precision tokens first (sinks on the first split, fresh tokens causally on the last),
     # as masked tiles rather than branches: other splits see empty masks (p = 0, alpha = 1) ----
     qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-    if PACKED:
-        j = tl.arange(0, BLOCK_S)
-        ok = (j < n_sinks) & (j < prefix) & (split == 0)
-        s_off = ((seq * n_sinks + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
-        k = tl.load(sk_ptr + s_off, mask=ok[:, None], other=0.0)
-        s = tl.where(ok[None, :], _mm(qo, tl.trans(k), LOWP), float("-inf"))
-        p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
-        v = tl.load(sv_ptr + s_off, mask=ok[:, None], other=0.0)
-        acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
+    if PACKED:  # (names distinct from the loops' below: Triton would carry them with another shape)
+        js = tl.arange(0, BLOCK_S)
+        ok_s = (js < n_sinks) & (js < prefix) & (split == 0)
+        s_off = ((seq * n_sinks + js).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+        k_s = tl.load(sk_ptr + s_off, mask=ok_s[:, None], other=0.0)
+        s_s = tl.where(ok_s[None, :], _mm(qo, tl.trans(k_s), LOWP), float("-inf"))
+        p_s, alpha_s, m_i, l_i = _online_update(s_s, m_i, l_i)
+        v_s = tl.load(sv_ptr + s_off, mask=ok_s[:, None], other=0.0)
+        acc_o = acc_o * alpha_s[:, None] + _mm(p_s, v_s, LOWP)
     hi = tl.where(split == num_splits - 1, tl.minimum(q_len, (qb + 1) * BLOCK_Q), 0)
     j0 = 0
     while j0 < hi:

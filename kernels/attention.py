@@ -370,7 +370,13 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         block_q = 1 if max_q_len <= 1 else max(1, min(triton.next_power_of_2(max_q_len), 128 // G_P2, 16))
     BLOCK_M = max(16, block_q * G_P2)
     if block_n is None:
-        block_n = 64 if dev.type == "cuda" else 16
+        block_n = 64 if dev.type == "cuda" and BLOCK_M <= 16 else 16
+    elif dev.type == "cuda" and BLOCK_M > 16 and block_n > 16:
+        # Measured on the H200 (Triton 3.6): query blocks of more than 16 rows with key tiles of 32
+        # or 64 give wrong results or faulting loads; 16-row blocks and 16-key tiles are exact
+        # (benchmarks/results/attention-prefill-diag-h200.json). Not yet understood: refuse it.
+        raise ConfigError(f"block_n={block_n} with {BLOCK_M}-row query blocks is known to be wrong on CUDA; "
+                          "use block_n=16 (the prefill default) or block_q=1")
     tiles = max(1, triton.cdiv(max_prefix, block_n))
     if num_splits is None:
         num_splits = _default_splits(B, H, tiles, dev) if max_q_len <= 1 else 1

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PartSpec", "ModelSpec", "Status", "REGISTRY", "DEFAULT_MODEL", "CACHE_ENV", "cache_dir", "get_spec",
     "locate_gguf", "sha256_file", "verify_file", "join_parts", "load", "fetch", "installed", "fingerprint",
+    "cached_config",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -541,6 +542,18 @@ def _size_bytes(path: Path) -> int:
     """Size of a file, or total size of the files under a directory."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files)
+
+
+def cached_config(name: str) -> dict[str, Any] | None:
+    """The fingerprint of a registered model from its cached config.json (no weights loaded), or
+    None when the model's cache is not built yet."""
+    spec = get_spec(name)
+    d = cache_dir() / spec.name
+    if not _is_cached(spec, d):
+        return None
+    from transformers import AutoConfig
+
+    return fingerprint(AutoConfig.from_pretrained(d))
 
 
 def installed() -> list[dict[str, Any]]:

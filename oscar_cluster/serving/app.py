@@ -10,7 +10,7 @@
 --dry-run` prints and that a RayService embeds.
 """
 
-from __future__ import annotations
+# (no `from __future__ import annotations`: FastAPI must see the real `Request` type on the routes)
 
 import dataclasses
 from typing import Any

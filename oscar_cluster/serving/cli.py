@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import time
+import threading
 import traceback
 
 import yaml
@@ -67,15 +68,20 @@ def _run(path: str, address: str | None) -> int:
         app = build_openai_app(doc["applications"][0]["args"])
     else:
         app = app_builder(doc["applications"][0]["args"])
+    stop = threading.Event()  # Ctrl-C / SIGTERM: stop cleanly, also while the app is still starting
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options=doc["http_options"])
     serve.run(app, name=cfg.app_name, route_prefix="/")
     print(f"oscar-serve: {cfg.model.model_id} on http://{cfg.http.host}:{cfg.http.port}/v1 (Ctrl-C stops)", flush=True)
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        serve.shutdown()
+    while not stop.wait(1.0):
+        pass
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt the shutdown
+        signal.signal(sig, signal.SIG_IGN)
+    print("oscar-serve: stopping", flush=True)
+    serve.shutdown()
+    ray.shutdown()
     return 0
 
 

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OSCAR bits per element (default: from the codec, or 2.25 if it is not importable)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--explain", action="store_true", help="print every figure's arithmetic")
-    p.add_argument("--emit", choices=("serve-config", "rayservice", "rayjob"), default=None,
+    p.add_argument("--emit", choices=("serve-config", "rayservice", "rayjob", "kustomize-overlay"), default=None,
                    help="write deployable files for the oscar-int2 plan into --out")
     p.add_argument("--out", default=None, help="directory for --emit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -76,8 +76,9 @@ def run(args, argv: list[str]) -> int:
 
     req, catalog = _request(args)
     p = plan(req, catalog)
-    if args.emit in ("rayservice", "rayjob"):
-        emit(args.emit, p, args.out)  # raises: KubeRay manifests come with the Kubernetes issue
+    emitted = None
+    if args.emit:  # first: a plan that cannot be emitted prints one error and nothing else
+        emitted = emit(args.emit, p, args.out, command=" ".join(["oscar-plan", *map(shlex.quote, argv)]))
     if args.format == "json":
         print(to_json(p))
     elif args.format == "csv":
@@ -86,8 +87,8 @@ def run(args, argv: list[str]) -> int:
         print_table(p)
     if args.explain:
         print(("\n" if args.format == "table" else "") + explain(p), file=sys.stdout if args.format == "table" else sys.stderr)
-    if args.emit:
-        path, how = emit(args.emit, p, args.out, command=" ".join(["oscar-plan", *map(shlex.quote, argv)]))
+    if emitted:
+        path, how = emitted
         print(f"wrote {path} ({how})", file=sys.stderr)
     return 0
 

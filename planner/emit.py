@@ -6,7 +6,7 @@ The config is a `ServeDeploySchema` document: one application built by
 `target_ongoing_requests` and `max_ongoing_requests` set: Ray's LLM builder defaults them to 1e9,
 which never scales). `check_serve_config` checks the structure without Ray;
 `validate_with_ray` runs Ray's own schema and needs `ray[serve]`. KubeRay manifests
-(`rayservice`, `rayjob`) arrive with the Kubernetes issue.
+(`rayservice`, `rayjob`, `kustomize-overlay`) come from `k8s.py` and the templates in deploy/k8s/base.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .specs import KVFormat, WeightFormat
 __all__ = ["EMIT_KINDS", "IMPORT_PATH", "serve_config", "check_serve_config", "validate_with_ray", "write_atomic",
            "emit"]
 
-EMIT_KINDS = ("serve-config", "rayservice", "rayjob")
+EMIT_KINDS = ("serve-config", "rayservice", "rayjob", "kustomize-overlay")
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 APP_NAME = "oscar-llm"
 PLUGIN = "oscar"  # VLLM_PLUGINS allow-list entry of the OSCAR vLLM plugin
@@ -170,8 +170,14 @@ def write_atomic(path: Path, text: str) -> None:
 def emit(kind: str, p: Plan, out_dir: str | Path, command: str = "oscar-plan") -> tuple[Path, str]:
     """Write `kind` for plan `p` under `out_dir`; returns (path, how it was validated)."""
     if kind in ("rayservice", "rayjob"):
-        raise ConfigError(f"--emit {kind} arrives with the Kubernetes issue (KubeRay manifests under deploy/k8s/); "
-                          f"use --emit serve-config for now")
+        from .k8s import emit_manifest
+
+        return emit_manifest(kind, p, out_dir, command=command)
+    if kind == "kustomize-overlay":
+        from .k8s import write_overlay
+
+        paths = write_overlay(p, out_dir, command=command)
+        return paths[0], "overlay of deploy/k8s/base; build it with kustomize or oscar_cluster.planner.k8s.render"
     if kind not in EMIT_KINDS:
         raise ConfigError(f"--emit {kind!r}: choose from {', '.join(EMIT_KINDS)}")
     cfg = serve_config(p)

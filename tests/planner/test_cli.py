@@ -21,8 +21,10 @@ BAD_INPUT = [
     (["--model", "70b", "--ctx", "1k", "--batch", "two"], ["--batch", "int"]),
     (["--ctx", "1k"], ["--model"]),
     (["--model", "70b", "--ctx", "1k", "--emit", "serve-config"], ["--out"]),
-    (["--model", "70b", "--ctx", "1k", "--emit", "rayservice", "--out", "x"], ["Kubernetes issue"]),
-    (["--model", "70b", "--ctx", "1k", "--emit", "rayjob", "--out", "x"], ["Kubernetes issue"]),
+    (["--model", "70b", "--ctx", "128k", "--batch", "32", "--gpus", "1", "--emit", "rayservice", "--out", "x"],
+     ["nothing to emit"]),
+    (["--model", "70b", "--ctx", "128k", "--batch", "32", "--gpus", "1", "--emit", "rayjob", "--out", "x"],
+     ["nothing to emit"]),
 ]
 OPTION_KEYS = {"kv_format", "kv_bytes_per_token", "kv_bytes_total", "weights_bytes", "gpus", "tp", "pp", "replicas",
                "cost_per_hour", "tokens_per_s", "cost_per_million_tokens", "fits", "notes"}

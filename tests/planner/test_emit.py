@@ -109,10 +109,11 @@ def test_plan_that_does_not_fit_is_not_emitted(request_for, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_kubernetes_kinds_are_not_faked(seed_plan, tmp_path):
-    for kind in ("rayservice", "rayjob"):
-        with pytest.raises(ConfigError, match="Kubernetes issue"):
-            emit(kind, seed_plan, tmp_path)
+def test_kubernetes_kinds_for_a_plan_that_does_not_fit_write_nothing(request_for, tmp_path):
+    p = plan(request_for("70b", "h100", 131072, 32, max_gpus=4))
+    for kind in ("rayservice", "rayjob", "kustomize-overlay"):
+        with pytest.raises(ConfigError, match="nothing to emit"):
+            emit(kind, p, tmp_path)
     assert not any(tmp_path.iterdir())
 
 

@@ -31,7 +31,7 @@ from ..codecs.quantizers import MAX_BITS
 from ..errors import ConfigError
 
 __all__ = ["SCALE_BYTES", "ChannelTable", "LayerTables", "slot_bytes_for", "layer_tables", "level_table",
-           "group_constexprs"]
+           "group_constexprs", "shard_tables"]
 
 SCALE_BYTES = 4  # fp16 K scale + fp16 V scale
 LEVELS_PER_ROW = 16  # 2**MAX_BITS entries per bit width in the level table
@@ -178,3 +178,24 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
         groups=(_groups(kc.bits, layer, "k"), _groups(vc.bits, layer, "v")))
     return tables.to(device)
 
+
+
+_PER_HEAD = ("k_T", "v_T", "k_mean", "v_mean", "k_std", "v_std", "rope_mean", "k_W", "k_b", "v_W", "v_b")
+
+
+def shard_tables(tables: LayerTables, rank: int, world: int) -> LayerTables:
+    """The tables of tensor-parallel rank `rank` of `world`: its contiguous block of KV heads
+    (vLLM's TP split of K/V projections), everything per head sliced, the layout shared.
+    The rank's pages hold only its heads: [num_blocks, block_size, kv_heads / world, slot_bytes]."""
+    H = tables.kv_heads
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"rank {rank} is not in 0..{world - 1}")
+    if H % world:
+        raise ConfigError(f"tensor parallel size {world} does not divide the layer's {H} KV heads; use a divisor "
+                          "(KV-head replication across ranks is not supported)")
+    lo, n = rank * (H // world), H // world
+    fields = {name: val for name, val in vars(tables).items()}
+    for name in _PER_HEAD:
+        fields[name] = fields[name][lo:lo + n].contiguous()
+    fields["kv_heads"] = n
+    return LayerTables(**fields)

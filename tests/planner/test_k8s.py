@@ -3,6 +3,7 @@ and the Kubernetes schemas; the Serve config inside validates against Ray's sche
 overlays are what oscar-plan writes; production rules hold; broken manifests fail."""
 
 import copy
+import os
 from pathlib import Path
 
 import kubernetes_validate
@@ -14,7 +15,20 @@ from oscar_cluster.planner import k8s
 from oscar_cluster.planner.cli import main as plan_main
 
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT.parent / "shared" / "data" / "kuberay-crds"
+SHARED_ENV = "OSCAR_SHARED_DATA"
+
+
+def _shared_data() -> Path:
+    """The project's shared data (referenced, never copied into the repository): $OSCAR_SHARED_DATA,
+    else ../shared/data beside this checkout, else /work/shared/data. Missing data fails the tests."""
+    for cand in (os.environ.get(SHARED_ENV), ROOT.parent / "shared" / "data", Path("/work/shared/data")):
+        if cand and (Path(cand) / "kuberay-crds").is_dir():
+            return Path(cand)
+    raise FileNotFoundError(f"KubeRay CRDs not found in ../shared/data beside {ROOT} or /work/shared/data; "
+                            f"set {SHARED_ENV}")
+
+
+CRDS = _shared_data() / "kuberay-crds"
 OVERLAYS = sorted((ROOT / "deploy" / "k8s" / "overlays").iterdir())
 K8S_VERSION = "1.31.0"
 PLANS = {  # overlay -> the oscar-plan arguments that wrote it

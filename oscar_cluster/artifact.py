@@ -23,9 +23,9 @@ import yaml
 from . import codecs
 from .errors import ArtifactError, FingerprintMismatchError, OscarError
 
-__all__ = ["FORMAT_VERSION", "save_artifact", "load_artifact", "read_metadata", "check_fingerprint"]
+__all__ = ["FORMAT_VERSION", "save_artifact", "load_artifact", "read_metadata", "check_fingerprint", "content_hash"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: oscar.yaml carries content_sha256 (any edit to it is detected)
 YAML_NAME = "oscar.yaml"
 TENSORS_NAME = "transforms.safetensors"
 
@@ -36,6 +36,21 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def content_hash(meta: dict) -> str:
+    """sha256 of oscar.yaml's content (canonical JSON of every field but `content_sha256`)."""
+    import json
+
+    def canon(x):  # keys as strings (an edited file may mix key types), containers recursively
+        if isinstance(x, dict):
+            return {str(k): canon(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [canon(v) for v in x]
+        return x
+
+    body = canon({k: v for k, v in meta.items() if k != "content_sha256"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).hexdigest()
 
 
 def _plain(x: Any) -> Any:
@@ -88,6 +103,7 @@ def save_artifact(out_dir: str | os.PathLike, codec: codecs.Codec, fingerprint: 
                                for l, kinds in codec.layouts().items()}
         if extra:
             meta.update(_plain(extra))
+        meta["content_sha256"] = content_hash(meta)
         with open(tmp / YAML_NAME, "w") as f:
             yaml.safe_dump(meta, f, sort_keys=False, width=120)
         for f in (tmp / TENSORS_NAME, tmp / YAML_NAME):
@@ -128,6 +144,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if version > FORMAT_VERSION:
         raise ArtifactError(f"{y}: format version {version} is newer than this oscar-cluster supports "
                             f"({FORMAT_VERSION}); upgrade oscar-cluster")
+    if version >= 2:
+        if meta.get("content_sha256") != content_hash(meta):
+            raise ArtifactError(f"{y}: content hash mismatch: the file was modified after oscar-calibrate wrote it; "
+                                "re-run oscar-calibrate")
     for key in ("codec", "options", "model", "tensors"):
         if key not in meta:
             raise ArtifactError(f"{y}: missing field {key!r}")

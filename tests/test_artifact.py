@@ -55,9 +55,14 @@ def kv_input(T: int = 40, seed: int = 1):
     return torch.randn(T, KV_HEADS, HEAD_DIM, generator=g), torch.arange(T) + 3
 
 
-def rewrite_yaml(path: Path, **changes) -> None:
+def rewrite_yaml(path: Path, resign: bool = True, **changes) -> None:
+    """Edit oscar.yaml; `resign` recomputes its content hash (to reach the checks behind it)."""
+    from oscar_cluster.artifact import content_hash
+
     meta = yaml.safe_load((path / "oscar.yaml").read_text())
     meta.update(changes)
+    if resign and isinstance(meta.get("format_version"), int):
+        meta["content_sha256"] = content_hash(meta)
     (path / "oscar.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
@@ -65,8 +70,11 @@ def rehash(path: Path) -> None:
     """Make oscar.yaml's sha256 agree with the (modified) tensor file, to reach the later checks."""
     import hashlib
 
+    from oscar_cluster.artifact import content_hash
+
     meta = yaml.safe_load((path / "oscar.yaml").read_text())
     meta["tensors"]["sha256"] = hashlib.sha256((path / "transforms.safetensors").read_bytes()).hexdigest()
+    meta["content_sha256"] = content_hash(meta)
     (path / "oscar.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
@@ -204,6 +212,14 @@ def test_wrong_tensor_shape(saved):
 
 
 # ----- oscar.yaml -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("change", [{"options": {"mean_bits": 3.0}}, {"bits_per_element": {4096: 1.0}},
+                                    {"calibration": {"tokens": 1}}])
+def test_any_unsigned_edit_is_detected(saved, change):
+    rewrite_yaml(saved, resign=False, **change)
+    with pytest.raises(ArtifactError, match="content hash mismatch"):
+        load_artifact(saved)
+
+
 def test_newer_format_version_asks_for_upgrade(saved):
     rewrite_yaml(saved, format_version=99)
     with pytest.raises(ArtifactError, match="format version 99 is newer.*upgrade"):

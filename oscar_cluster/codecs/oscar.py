@@ -28,6 +28,9 @@ __all__ = ["OscarCodec", "LayerCodebook"]
 
 SCALE_BITS = OSCAR_SCALE_BITS
 _TENSORS = ("T", "T_inv", "mean", "std", "bits", "rope_mean", "inv_freq")
+_MAX_ABS = 1e6  # far beyond any real transform, mean or scale; larger is corruption
+_DTYPES = {"T": torch.float32, "T_inv": torch.float32, "mean": torch.float32, "std": torch.float32,
+           "bits": torch.int64, "rope_mean": torch.float32, "inv_freq": torch.float64}
 
 
 def _second_moment_about(mean: torch.Tensor, w_sum: torch.Tensor, w_sq: torch.Tensor,
@@ -334,6 +337,9 @@ class OscarCodec(Codec):
                     if tuple(got[name].shape) != shape:
                         raise ConfigError(f"oscar: layer {layer} {kind}.{name} has shape {tuple(got[name].shape)}, "
                                           f"expected {shape}")
+                    if got[name].dtype != _DTYPES[name]:
+                        raise ConfigError(f"oscar: layer {layer} {kind}.{name} is {got[name].dtype}, expected "
+                                          f"{_DTYPES[name]}")
                 bits = got["bits"]
                 if bits.is_floating_point() or int(bits.min()) < 0 or int(bits.max()) > MAX_BITS:
                     raise ConfigError(f"oscar: layer {layer} {kind}.bits must be integers in 0..{MAX_BITS}")
@@ -341,8 +347,17 @@ class OscarCodec(Codec):
                     if (w * b) % 8:
                         raise ConfigError(f"oscar: layer {layer} {kind}: segment of {w} channels at {b} bits "
                                           "is not whole bytes")
-                if bool((got["std"] <= 0).any()):
-                    raise ConfigError(f"oscar: layer {layer} {kind}.std must be positive")
+                if bool((got["std"] < 1e-10).any()):
+                    raise ConfigError(f"oscar: layer {layer} {kind}.std must be positive (>= 1e-10)")
+                for name in ("T", "T_inv", "mean", "std", "rope_mean"):
+                    if not bool(got[name].abs().max() < _MAX_ABS):  # also catches NaN
+                        raise ConfigError(f"oscar: layer {layer} {kind}.{name} holds values beyond {_MAX_ABS:g} "
+                                          "or non-finite ones; the artifact is corrupt")
+                eye = torch.eye(d, dtype=torch.float64)
+                err = float((got["T"].double() @ got["T_inv"].double() - eye).abs().max())
+                if err > 1e-3:
+                    raise ConfigError(f"oscar: layer {layer} {kind}: T_inv is not the inverse of T (error {err:.2e}); "
+                                      "the artifact is corrupt")
                 out[layer][kind] = LayerCodebook(**{n: got[n] for n in _TENSORS})
         self.layers = out
         self.head_dim = d

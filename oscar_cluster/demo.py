@@ -11,7 +11,6 @@ Prints one table and writes `demo.json` beside the artifact.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -23,6 +22,7 @@ import torch
 
 from . import codecs
 from .errors import OscarError
+from .cli_util import OneLineParser
 
 __all__ = ["run_demo", "main", "needle_prompt"]
 
@@ -119,7 +119,7 @@ def run_demo(out_dir: str, model_name: str = "smollm2-135m", max_tokens: int = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="oscar-demo", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="oscar-demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--max-tokens", type=int, default=16384)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from .errors import OscarError
 from .models import REGISTRY, fetch, installed
+from .cli_util import OneLineParser
 
 __all__ = ["main"]
 
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     """argparse tree: one sub-command per action, one flag per parameter."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback on errors")
-    ap = argparse.ArgumentParser(prog="oscar-models", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="oscar-models", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", parents=[common], help="registered models and where they stand")
     ls.add_argument("--format", choices=["table", "json"], default="table")

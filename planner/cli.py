@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import traceback
 from dataclasses import replace
 
 from oscar_cluster.errors import ConfigError, OscarError
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(build_parser().parse_args(argv), argv)
     except OscarError as e:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like

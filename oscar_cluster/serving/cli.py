@@ -19,12 +19,13 @@ import yaml
 
 from ..errors import OscarError
 from .config import load_serve_config
+from ..cli_util import OneLineParser
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="oscar-serve", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="oscar-serve", description=__doc__.splitlines()[0])
     p.add_argument("config", help="serve config YAML (see examples/serve-smollm2.yaml)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the Ray Serve config; start nothing")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: start a local one)")

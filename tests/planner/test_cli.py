@@ -50,10 +50,8 @@ def test_config_missing_fields_one_line(cli, write_config):
 
 
 def test_debug_shows_traceback(cli):
-    from oscar_cluster.errors import ConfigError
-
-    with pytest.raises(ConfigError):
-        cli("--model", "70b", "--ctx", "12q", "--debug")
+    rc, _, err = cli("--model", "70b", "--ctx", "12q", "--debug")
+    assert rc == 2 and "Traceback" in err and "ConfigError" in err and err.rstrip().splitlines()[-1].startswith("error:")
 
 
 def test_table_shows_split_per_gpu(cli):

@@ -1,7 +1,6 @@
 """Fuzzed command lines (hypothesis, bounded): every oscar-* CLI exits 0 or 2; on 2 it prints one
 `error:` line and no traceback, and leaves no partial output behind."""
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

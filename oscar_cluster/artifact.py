@@ -120,6 +120,10 @@ def save_artifact(out_dir: str | os.PathLike, codec: codecs.Codec, fingerprint: 
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+    except OSError as e:  # disk full, permissions, ...: nothing half-written is left, the old artifact stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"writing the artifact to {out} failed ({e.strerror or e}); nothing was changed. "
+                            "Free space or choose another --out") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -318,8 +318,26 @@ def test_failed_final_rename_keeps_the_previous_artifact(fitted, saved, tmp_path
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(OSError, match="rename failed"):
+    with pytest.raises(ArtifactError, match="rename failed.*nothing was changed"):
         save_artifact(saved, fitted, FINGERPRINT, CALIBRATION, overwrite=True)
     monkeypatch.undo()
     assert saved.is_dir() and {p.name: p.read_bytes() for p in saved.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+@pytest.mark.parametrize("stage", ["tensors", "yaml"])
+def test_disk_full_is_a_clear_error_and_keeps_the_previous_artifact(fitted, saved, monkeypatch, stage):
+    import errno
+
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch if stage == "tensors" else yaml,
+                        "save_file" if stage == "tensors" else "safe_dump", full)
+    with pytest.raises(ArtifactError, match="No space left on device.*nothing was changed"):
+        save_artifact(saved, fitted, FINGERPRINT, CALIBRATION, overwrite=True)
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name], "no temporary directory left behind"
+    load_artifact(saved)

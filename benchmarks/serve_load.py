@@ -37,6 +37,18 @@ def _post(url: str, body: dict, timeout: float = 300) -> int:
         return 599
 
 
+def _replica_rss() -> int:
+    """Resident memory of the Serve replica processes (bytes), summed."""
+    import psutil
+
+    total = 0
+    for p in psutil.process_iter(["cmdline", "memory_info"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if "ServeReplica" in cmd and p.info.get("memory_info"):
+            total += p.info["memory_info"].rss
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", required=True)
@@ -45,6 +57,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--duration", type=float, default=None,
+                    help="soak: keep the clients busy for this many seconds instead of a fixed request count")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -69,10 +83,11 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     lat, statuses = [], []
     lock = threading.Lock()
-    todo = iter(range(args.requests))
+    todo = iter(range(args.requests)) if args.duration is None else iter(range(10**9))
+    stop_at = None if args.duration is None else time.time() + args.duration
 
     def client():
-        while True:
+        while stop_at is None or time.time() < stop_at:
             with lock:
                 i = next(todo, None)
             if i is None:
@@ -85,6 +100,7 @@ def main() -> None:
                 if st == 200:
                     lat.append(time.perf_counter() - t0)
 
+    rss_before = _replica_rss()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(args.clients)]
     for t in threads:
@@ -92,6 +108,7 @@ def main() -> None:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    rss_after = _replica_rss()
     with urllib.request.urlopen(f"{base}/metrics", timeout=30) as r:
         metrics = [ln for ln in r.read().decode().splitlines() if ln.startswith("oscar:") and "_bucket" not in ln]
     serve.shutdown()
@@ -101,10 +118,13 @@ def main() -> None:
     result = {"benchmark": "oscar-serve bounded load, transformers engine, loopback", **provenance(),
               "model": "smollm2-135m", "codec": "oscar", "clients": args.clients, "requests": args.requests,
               "max_tokens": args.max_tokens, "replicas": args.replicas, "wall_s": wall,
-              "completed": len(lat), "errors": errors, "p50_s": q[49], "p90_s": q[89], "p99_s": q[98],
+              "duration_s": args.duration, "attempted": len(statuses), "completed": len(lat), "errors": errors,
+              "server_5xx": sum(1 for st in statuses if 500 <= st < 600),
+              "replica_rss_bytes_before": rss_before, "replica_rss_bytes_after": rss_after, "p50_s": q[49], "p90_s": q[89], "p99_s": q[98],
               "requests_per_s": len(lat) / wall, "metrics_after": metrics}
     write_result(args.out, result)
-    print(f"{len(lat)}/{args.requests} ok in {wall:.1f} s, p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, errors {errors or 0}")
+    print(f"{len(lat)}/{len(statuses)} ok in {wall:.1f} s, p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, errors {errors or 0}, "
+          f"replica RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from ..errors import ConfigError
 from .config import ServeConfig, parse_serve_config
 from .handler import OpenAIHandler
+from .protocol import CHAT_BODY, COMPLETION_BODY, openapi_body
 
 __all__ = ["TransformersServer", "app_builder", "serve_config", "deployment_options", "TRANSFORMERS_IMPORT_PATH"]
 
@@ -40,11 +41,11 @@ class TransformersServer:
     def __init__(self, config: dict):
         self.handler = OpenAIHandler(parse_serve_config(config))
 
-    @api.post("/v1/completions")
+    @api.post("/v1/completions", openapi_extra=openapi_body(COMPLETION_BODY))
     async def completions(self, request: Request):
         return await self.handler.completions(request)
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", openapi_extra=openapi_body(CHAT_BODY))
     async def chat_completions(self, request: Request):
         return await self.handler.chat_completions(request)
 

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .config import ServeConfig
 from .engine import TransformersEngine
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
-from .protocol import (GenerationRequest, RequestError, chat_body, chat_chunk, completion_body, completion_chunk,
+from .protocol import (CHAT_BODY, COMPLETION_BODY, GenerationRequest, RequestError, openapi_body, chat_body, chat_chunk, completion_body, completion_chunk,
                        error_body, models_body, parse_chat, parse_completion)
 
 __all__ = ["OpenAIHandler"]
@@ -233,8 +233,10 @@ def build_api(handler: OpenAIHandler):
     from fastapi import FastAPI
 
     api = FastAPI(title="oscar-serve", openapi_url="/openapi.json")
-    api.add_api_route("/v1/completions", handler.completions, methods=["POST"])
-    api.add_api_route("/v1/chat/completions", handler.chat_completions, methods=["POST"])
+    api.add_api_route("/v1/completions", handler.completions, methods=["POST"],
+                      openapi_extra=openapi_body(COMPLETION_BODY))
+    api.add_api_route("/v1/chat/completions", handler.chat_completions, methods=["POST"],
+                      openapi_extra=openapi_body(CHAT_BODY))
     api.add_api_route("/v1/models", handler.list_models, methods=["GET"])
     api.add_api_route("/health", handler.health, methods=["GET"])
     api.add_api_route("/metrics", handler.metrics_text, methods=["GET"])

@@ -15,8 +15,33 @@ from typing import Any
 
 from .config import Limits
 
-__all__ = ["RequestError", "GenerationRequest", "parse_completion", "parse_chat", "error_body", "completion_body",
+__all__ = ["COMPLETION_BODY", "CHAT_BODY", "openapi_body", "RequestError", "GenerationRequest", "parse_completion", "parse_chat", "error_body", "completion_body",
            "completion_chunk", "chat_body", "chat_chunk", "models_body"]
+
+
+_SAMPLING = {
+    "model": {"type": "string"},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "stream": {"type": "boolean"},
+    "stop": {"oneOf": [{"type": "string", "minLength": 1},
+                       {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4}]},
+    "seed": {"type": "integer"},
+    "n": {"type": "integer", "enum": [1]},
+}
+COMPLETION_BODY = {"type": "object", "required": ["model", "prompt"],
+                   "properties": {"prompt": {"type": "string", "minLength": 1}, **_SAMPLING}}
+CHAT_BODY = {"type": "object", "required": ["model", "messages"],
+             "properties": {"messages": {"type": "array", "minItems": 1, "items": {
+                 "type": "object", "required": ["role", "content"],
+                 "properties": {"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}}},
+                 **_SAMPLING}}
+
+
+def openapi_body(schema: dict) -> dict:
+    """`openapi_extra` for a route that reads its JSON body itself (documents it in /openapi.json)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class RequestError(Exception):

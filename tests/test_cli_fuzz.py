@@ -79,3 +79,16 @@ def test_oscar_serve_dry_run(content, extra, capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(content, encoding="latin-1")
     _run(serve_cli.main, [str(cfg), "--dry-run", *extra], capsys)
+
+
+@FUZZ
+@given(argv=st.lists(st.one_of(st.sampled_from(["--codecs", "--tasks", "--ctx", "--samples", "--protocol",
+                                                "--prefill-chunk", "--artifact", "--device"]),
+                               st.sampled_from(["bf16,oscar", "ruler", "ppl", "niah_single_1", "4k,8k", "4q", "0",
+                                                "-2", "chunked", "eager", "zip"]), JUNK), max_size=8))
+def test_oscar_eval(argv, capsys, tmp_path):
+    from oscar_cluster.evaluation import cli as eval_cli
+
+    argv = ["--model", "no-such-model", *argv, "--out", str(tmp_path / "ev"), "--quiet"]  # never a real run
+    _run(eval_cli.main, argv, capsys)
+    assert not (tmp_path / "ev").exists(), "no output directory for a run that failed"

@@ -1,0 +1,188 @@
+"""The RULER part of `oscar-eval`: every codec on the same model, prompts and seeds; per-sample JSONL
+(resumable), per codec/task/length summaries (JSON, CSV) and a score-vs-length plot.
+
+Protocols: "chunked" (serving-faithful: the prompt is prefilled in chunks, each attending to the
+earlier chunks through the codec) or "bf16-prefill" (the prompt in bf16, the codec from the first
+decode step). Sample i of a task and length uses seed i for every codec.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import codecs
+from ..errors import ConfigError
+from .ruler import NIAH_TASKS, TASKS, make_sample, string_match_all
+
+__all__ = ["EvalConfig", "run_ruler", "read_rows", "summarize"]
+
+PROTOCOLS = {"chunked": "chunked", "bf16-prefill": "bf16"}
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    out: str
+    codecs: list[str] = field(default_factory=lambda: ["bf16", "oscar"])
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    lengths: list[int] = field(default_factory=lambda: [4096])
+    samples: int = 10
+    protocol: str = "chunked"
+    prefill_chunk: int = 1024
+    artifact: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ConfigError(f"--tasks: unknown RULER task(s) {unknown}; choose from {', '.join(TASKS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be chunked or bf16-prefill, got {self.protocol!r}")
+        if self.samples < 1 or any(n < 256 for n in self.lengths) or not (256 <= self.prefill_chunk):
+            raise ConfigError("--samples must be >= 1, --ctx lengths and --prefill-chunk >= 256 tokens")
+        for c in self.codecs:
+            if c not in codecs.names():
+                raise ConfigError(f"--codecs: unknown codec {c!r}; choose from {', '.join(codecs.names())}")
+
+
+def _row_id(codec: str, task: str, length: int, i: int) -> str:
+    return f"{codec}|{task}|{length}|{i}"
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (killed run) is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _codecs(cfg: EvalConfig, model) -> dict[str, codecs.Codec]:
+    from ..models import fingerprint
+
+    fp = fingerprint(model)
+    out = {}
+    for name in cfg.codecs:
+        if name == "oscar":
+            if not cfg.artifact:
+                raise ConfigError("--codecs oscar needs --artifact DIR (oscar-calibrate on text disjoint from the eval)")
+            from ..artifact import load_artifact
+
+            out[name] = load_artifact(cfg.artifact, model=model)
+            continue
+        c = codecs.get(name, head_dim=fp["head_dim"])
+        if not c.fitted:
+            raise ConfigError(f"--codecs {name}: needs calibration statistics, which oscar-eval does not fit yet; "
+                              "drop it or use oscar with an artifact")
+        out[name] = c
+    return out
+
+
+def summarize(rows: list[dict], bits: dict[str, dict[int, float]]) -> list[dict]:
+    """Mean score per (codec, task, length), plus the 8-needle mean ("niah_mean") per codec and length."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["codec"], r["task"], r["length"]), []).append(r["score"])
+        if r["task"] in NIAH_TASKS:
+            groups.setdefault((r["codec"], "niah_mean", r["length"]), []).append(r["score"])
+    return [{"codec": c, "task": t, "length": n, "samples": len(v), "score": sum(v) / len(v),
+             "bits_per_element": bits.get(c, {}).get(n)} for (c, t, n), v in sorted(groups.items())]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({s["task"] for s in summary})
+    cols = min(4, len(tasks))
+    rows_n = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for codec in sorted({s["codec"] for s in summary}):
+            pts = sorted((s["length"], s["score"]) for s in summary if s["task"] == task and s["codec"] == codec)
+            ax.plot([p[0] // 1024 or p[0] / 1024 for p in pts], [p[1] for p in pts], "o-", label=codec)
+        ax.set_title(task, fontsize=9)
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("context (K tokens)", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) -> dict:
+    """Run (or resume) the RULER grid; returns {"new_rows", "summary", "files"}."""
+    import torch
+    from tqdm import tqdm
+
+    from ..cache import OscarCache
+    from ..generation import greedy_generate
+    from ..models import load
+
+    model, tok = model_and_tokenizer or load(cfg.model, device=cfg.device)
+    codec_objs = _codecs(cfg, model)
+    out = Path(cfg.out)  # created only once the model and codecs are known good
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "ruler.jsonl"
+    done = {r["id"] for r in read_rows(rows_path)}
+    count = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"]))
+    todo = [(c, t, n, i) for n in cfg.lengths for t in cfg.tasks for i in range(cfg.samples) for c in cfg.codecs
+            if _row_id(c, t, n, i) not in done]
+    new = 0
+    samples: dict[tuple, object] = {}
+    with open(rows_path, "a", encoding="utf-8") as f:
+        for c, t, n, i in tqdm(todo, desc="oscar-eval ruler", disable=not progress, unit="sample"):
+            if (t, n, i) not in samples:
+                samples[(t, n, i)] = make_sample(t, count, n, seed=i)
+            s = samples[(t, n, i)]
+            ids = torch.tensor(tok(s.prompt, add_special_tokens=True)["input_ids"])
+            t0 = time.perf_counter()
+            cache = OscarCache(codec_objs[c], prefill=PROTOCOLS[cfg.protocol])
+            gen = greedy_generate(model, ids, cache, s.max_new_tokens, prefill_chunk=cfg.prefill_chunk,
+                                  eos_token_id=tok.eos_token_id)
+            pred = tok.decode(gen, skip_special_tokens=True)
+            row = {"id": _row_id(c, t, n, i), "codec": c, "task": t, "length": n, "sample": i,
+                   "score": string_match_all(pred, s.references), "prediction": pred, "references": s.references,
+                   "prompt_tokens": int(ids.numel()), "seconds": round(time.perf_counter() - t0, 3),
+                   "protocol": cfg.protocol}
+            f.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line
+            f.flush()
+            new += 1
+    rows = [r for r in read_rows(rows_path) if r["codec"] in cfg.codecs and r["task"] in cfg.tasks
+            and r["length"] in cfg.lengths and r["sample"] < cfg.samples]
+    bits = {c: {n: codec_objs[c].bits_per_element(n) for n in cfg.lengths} for c in cfg.codecs}
+    summary = summarize(rows, bits)
+    meta = {"config": asdict(cfg), "protocol": cfg.protocol, "rows": len(rows), "summary": summary}
+    _write_atomic(out / "summary.json", json.dumps(meta, indent=2) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["codec", "task", "length", "samples", "score", "bits_per_element"])
+    w.writeheader()
+    w.writerows(summary)
+    _write_atomic(out / "summary.csv", buf.getvalue())
+    _plot(summary, out / "ruler.png")
+    return {"new_rows": new, "summary": summary, "files": [str(rows_path), str(out / "summary.json"),
+                                                          str(out / "summary.csv"), str(out / "ruler.png")]}

@@ -20,7 +20,7 @@ from .. import codecs
 from ..errors import ConfigError
 from .ruler import NIAH_TASKS, TASKS, make_sample, string_match_all
 
-__all__ = ["EvalConfig", "run_ruler", "read_rows", "summarize"]
+__all__ = ["EvalConfig", "run_ruler", "run_perplexity", "read_rows", "summarize"]
 
 PROTOCOLS = {"chunked": "chunked", "bf16-prefill": "bf16"}
 
@@ -186,3 +186,34 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
     _plot(summary, out / "ruler.png")
     return {"new_rows": new, "summary": summary, "files": [str(rows_path), str(out / "summary.json"),
                                                           str(out / "summary.csv"), str(out / "ruler.png")]}
+
+
+def run_perplexity(cfg: EvalConfig, text_file: str, max_windows: int = 8, model_and_tokenizer=None) -> dict:
+    """wikitext-style perplexity of every codec (window = the largest --ctx, stride half of it);
+    writes ppl.json. The same tokens and windows for every codec."""
+    from ..models import load
+    from .perplexity import perplexity
+
+    path = Path(text_file)
+    if not path.is_file():
+        raise ConfigError(f"--ppl-file {path}: no such file (wikitext-2: ../shared/data/wikitext-2-raw/wiki.test.raw)")
+    model, tok = model_and_tokenizer or load(cfg.model, device=cfg.device)
+    codec_objs = _codecs(cfg, model)
+    import torch
+
+    ids = torch.tensor(tok(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
+    window = max(cfg.lengths)
+    res = {}
+    for name, codec in codec_objs.items():
+        r = perplexity(model, ids, codec, window=window, stride=window // 2, chunk=cfg.prefill_chunk,
+                       prefill=PROTOCOLS[cfg.protocol], max_windows=max_windows)
+        res[name] = {**r, "bits_per_element": codec.bits_per_element(window)}
+    base = res.get("bf16", {}).get("ppl")
+    for r in res.values():
+        r["increase_vs_bf16"] = (r["ppl"] / base - 1) if base else None
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"file": str(path), "window": window, "stride": window // 2, "max_windows": max_windows,
+           "protocol": cfg.protocol, "codecs": res}
+    _write_atomic(out / "ppl.json", json.dumps(doc, indent=2) + "\n")
+    return doc

@@ -41,11 +41,26 @@ def test_ruler_grid_resumes_and_summarizes(smollm2, smollm2_artifact, tmp_path):
 
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):
-    assert main(["--model", "smollm2-135m", "--tasks", "ppl", "--out", str(tmp_path)]) == 2
+    assert main(["--model", "smollm2-135m", "--tasks", "attn", "--out", str(tmp_path)]) == 2
     assert "not built yet" in capsys.readouterr().err
+    assert main(["--model", "smollm2-135m", "--tasks", "ppl", "--out", str(tmp_path)]) == 2
+    assert "--ppl-file" in capsys.readouterr().err
     assert main(["--model", "smollm2-135m", "--ctx", "4q", "--out", str(tmp_path)]) == 2
     assert main(["--model", "smollm2-135m", "--codecs", "zip", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("error:") for e in err)
     with pytest.raises(ConfigError, match="bf16-prefill"):
         EvalConfig(model="m", out=str(tmp_path), protocol="eager")
+
+
+def test_ppl_task_writes_ppl_json(smollm2, smollm2_artifact, tmp_path, capsys):
+    from oscar_cluster.corpora import essay_files
+
+    rc = main(["--model", "smollm2-135m", "--artifact", str(smollm2_artifact), "--codecs", "bf16,oscar",
+               "--tasks", "ppl", "--ppl-file", str(essay_files()[0]), "--ctx", "256", "--prefill-chunk", "256",
+               "--ppl-windows", "2", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "ppl.json").read_text())
+    assert doc["codecs"]["bf16"]["increase_vs_bf16"] == 0 and doc["codecs"]["oscar"]["ppl"] > 1
+    assert doc["codecs"]["bf16"]["tokens"] == doc["codecs"]["oscar"]["tokens"] == 256 + 128 - 1
+    assert "ppl" in capsys.readouterr().out

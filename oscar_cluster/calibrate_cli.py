@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 from .errors import OscarError
 from .cli_util import OneLineParser
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         record, text = _run(args)
     except OscarError as e:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(record, indent=2) if args.format == "json" else text)

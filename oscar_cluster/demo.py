@@ -15,6 +15,7 @@ import datetime
 import json
 import platform
 import sys
+import traceback
 import time
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.out, args.model, args.max_tokens, progress=not args.quiet)
     except OscarError as e:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -22,7 +22,10 @@ from oscar_cluster.errors import OscarError
 D, HQ, H = 32, 4, 2
 FP = {"architecture": "llama", "num_layers": 2, "num_heads": HQ, "num_kv_heads": H, "head_dim": D,
       "rope_theta": 10000.0, "max_position_embeddings": 4096, "hidden_size": HQ * D}
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: CI sees the same bounded set every run; to explore further, run locally with
+# derandomize=False and more examples (the random runs that found this session's bugs did so)
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

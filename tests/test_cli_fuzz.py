@@ -8,7 +8,10 @@ from oscar_cluster import calibrate_cli, models_cli
 from oscar_cluster.planner import cli as plan_cli
 from oscar_cluster.serving import cli as serve_cli
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: CI sees the same bounded set every run; to explore further, run locally with
+# derandomize=False and more examples (the random runs that found this session's bugs did so)
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 JUNK = st.sampled_from(["", "-", "--", "-1", "0", "1e309", "nan", "abc", "☃", "--bogus", "x" * 300, "../..",
                         "/dev/null", "128k", "7b", "h100", "--debug"])
 

@@ -4,8 +4,9 @@
         --tasks ruler --ctx 1k,2k --samples 5 --out runs/eval
 
 Writes ruler.jsonl (one row per sample; a re-run resumes), summary.json, summary.csv and ruler.png.
---tasks ppl (with --ppl-file) adds sliding-window perplexity (ppl.json). The needle grid and the
-per-layer attention error are not built yet (the eval issue).
+--tasks niah adds the needle grid (depths 0-100% x --ctx, three distractor needles; niah_grid.png);
+--tasks ppl (with --ppl-file) sliding-window perplexity (ppl.json). The per-layer attention error
+is not built yet (the eval issue).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import traceback
 from ..cli_util import OneLineParser
 from ..errors import ConfigError, OscarError
 from .harness import EvalConfig, run_perplexity, run_ruler
-from .ruler import TASKS
+from .ruler import GRID_DEPTHS, TASKS
 
 __all__ = ["main"]
 
-NOT_YET = ("niah", "attn")
+NOT_YET = ("attn",)
 
 
 def _sizes(text: str) -> list[int]:
@@ -52,22 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     try:
-        tasks, want_ppl = [], False
+        tasks, want_ppl, want_grid = [], False, False
         for t in (x.strip() for x in args.tasks.split(",") if x.strip()):
             if t in NOT_YET:
                 raise ConfigError(f"--tasks {t}: not built yet (the eval issue); use ruler, ppl or RULER task names")
             if t == "ppl":
                 want_ppl = True
                 continue
+            if t == "niah":
+                want_grid = True
+                continue
             tasks += list(TASKS) if t == "ruler" else [t]
         if want_ppl and not args.ppl_file:
             raise ConfigError("--tasks ppl needs --ppl-file TEXT (wikitext-2: ../shared/data/wikitext-2-raw/wiki.test.raw)")
         cfg = EvalConfig(model=args.model, out=args.out, codecs=[c.strip() for c in args.codecs.split(",") if c.strip()],
-                         tasks=tasks or ["niah_single_1"], lengths=_sizes(args.ctx), samples=args.samples,
+                         tasks=tasks, lengths=_sizes(args.ctx), samples=args.samples,
                          protocol=args.protocol, prefill_chunk=args.prefill_chunk, artifact=args.artifact,
-                         device=args.device)
+                         device=args.device, grid_depths=list(GRID_DEPTHS) if want_grid else [])
         ppl = run_perplexity(cfg, args.ppl_file, args.ppl_windows) if want_ppl else None
-        res = run_ruler(cfg, progress=not args.quiet) if tasks else {"summary": [], "new_rows": 0, "files": []}
+        res = (run_ruler(cfg, progress=not args.quiet) if tasks or want_grid
+               else {"summary": [], "new_rows": 0, "files": []})
     except OscarError as e:
         if args.debug:
             traceback.print_exc()
@@ -75,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for s in res["summary"]:
         if s["task"] == "niah_mean" or len(cfg.tasks) <= 3:
-            print(f"{s['codec']:>10} {s['task']:>16} {s['length']:>7} {s['score']:6.1f}  ({s['samples']} samples)")
+            depth = "" if s.get("depth") is None else f" depth {s['depth']:.0%}"
+            print(f"{s['codec']:>10} {s['task']:>16} {s['length']:>7} {s['score']:6.1f}  ({s['samples']} samples){depth}")
     if ppl:
         for name, r in ppl["codecs"].items():
             inc = "" if r["increase_vs_bf16"] is None else f"  ({100 * r['increase_vs_bf16']:+.2f}% vs bf16)"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import codecs
 from ..errors import ConfigError
-from .ruler import NIAH_TASKS, TASKS, make_sample, string_match_all
+from .ruler import NIAH_TASKS, TASKS, make_grid_sample, make_sample, string_match_all
 
 __all__ = ["EvalConfig", "run_ruler", "run_perplexity", "read_rows", "summarize"]
 
@@ -37,9 +37,10 @@ class EvalConfig:
     prefill_chunk: int = 1024
     artifact: str | None = None
     device: str = "cpu"
+    grid_depths: list[float] = field(default_factory=list)  # needle grid (task "niah_grid"); empty: none
 
     def __post_init__(self):
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in self.tasks if t not in TASKS and t != "niah_grid"]
         if unknown:
             raise ConfigError(f"--tasks: unknown RULER task(s) {unknown}; choose from {', '.join(TASKS)}")
         if self.protocol not in PROTOCOLS:
@@ -51,8 +52,8 @@ class EvalConfig:
                 raise ConfigError(f"--codecs: unknown codec {c!r}; choose from {', '.join(codecs.names())}")
 
 
-def _row_id(codec: str, task: str, length: int, i: int) -> str:
-    return f"{codec}|{task}|{length}|{i}"
+def _row_id(codec: str, task: str, length: int, i: int, depth: float | None = None) -> str:
+    return f"{codec}|{task}|{length}|{i}" + ("" if depth is None else f"|{depth:g}")
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -93,11 +94,13 @@ def summarize(rows: list[dict], bits: dict[str, dict[int, float]]) -> list[dict]
     """Mean score per (codec, task, length), plus the 8-needle mean ("niah_mean") per codec and length."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        groups.setdefault((r["codec"], r["task"], r["length"]), []).append(r["score"])
+        depth = r.get("depth")
+        groups.setdefault((r["codec"], r["task"], r["length"], -1.0 if depth is None else depth), []).append(r["score"])
         if r["task"] in NIAH_TASKS:
-            groups.setdefault((r["codec"], "niah_mean", r["length"]), []).append(r["score"])
-    return [{"codec": c, "task": t, "length": n, "samples": len(v), "score": sum(v) / len(v),
-             "bits_per_element": bits.get(c, {}).get(n)} for (c, t, n), v in sorted(groups.items())]
+            groups.setdefault((r["codec"], "niah_mean", r["length"], -1.0), []).append(r["score"])
+    return [{"codec": c, "task": t, "length": n, "depth": None if d < 0 else d, "samples": len(v),
+             "score": sum(v) / len(v), "bits_per_element": bits.get(c, {}).get(n)}
+            for (c, t, n, d), v in sorted(groups.items())]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -150,42 +153,79 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
     rows_path = out / "ruler.jsonl"
     done = {r["id"] for r in read_rows(rows_path)}
     count = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"]))
-    todo = [(c, t, n, i) for n in cfg.lengths for t in cfg.tasks for i in range(cfg.samples) for c in cfg.codecs
-            if _row_id(c, t, n, i) not in done]
+    todo = [(c, t, n, i, None) for n in cfg.lengths for t in cfg.tasks if t != "niah_grid"
+            for i in range(cfg.samples) for c in cfg.codecs if _row_id(c, t, n, i) not in done]
+    todo += [(c, "niah_grid", n, i, dp) for n in cfg.lengths for dp in cfg.grid_depths for i in range(cfg.samples)
+             for c in cfg.codecs if _row_id(c, "niah_grid", n, i, dp) not in done]
     new = 0
     samples: dict[tuple, object] = {}
     with open(rows_path, "a", encoding="utf-8") as f:
-        for c, t, n, i in tqdm(todo, desc="oscar-eval ruler", disable=not progress, unit="sample"):
-            if (t, n, i) not in samples:
-                samples[(t, n, i)] = make_sample(t, count, n, seed=i)
-            s = samples[(t, n, i)]
+        for c, t, n, i, dp in tqdm(todo, desc="oscar-eval ruler", disable=not progress, unit="sample"):
+            if (t, n, i, dp) not in samples:
+                samples[(t, n, i, dp)] = (make_grid_sample(count, n, dp, seed=i) if t == "niah_grid"
+                                          else make_sample(t, count, n, seed=i))
+            s = samples[(t, n, i, dp)]
             ids = torch.tensor(tok(s.prompt, add_special_tokens=True)["input_ids"])
             t0 = time.perf_counter()
             cache = OscarCache(codec_objs[c], prefill=PROTOCOLS[cfg.protocol])
             gen = greedy_generate(model, ids, cache, s.max_new_tokens, prefill_chunk=cfg.prefill_chunk,
                                   eos_token_id=tok.eos_token_id)
             pred = tok.decode(gen, skip_special_tokens=True)
-            row = {"id": _row_id(c, t, n, i), "codec": c, "task": t, "length": n, "sample": i,
+            row = {"id": _row_id(c, t, n, i, dp), "codec": c, "task": t, "length": n, "sample": i, "depth": dp,
                    "score": string_match_all(pred, s.references), "prediction": pred, "references": s.references,
                    "prompt_tokens": int(ids.numel()), "seconds": round(time.perf_counter() - t0, 3),
                    "protocol": cfg.protocol}
             f.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line
             f.flush()
             new += 1
-    rows = [r for r in read_rows(rows_path) if r["codec"] in cfg.codecs and r["task"] in cfg.tasks
-            and r["length"] in cfg.lengths and r["sample"] < cfg.samples]
+    wanted = set(cfg.tasks) | ({"niah_grid"} if cfg.grid_depths else set())
+    rows = [r for r in read_rows(rows_path) if r["codec"] in cfg.codecs and r["task"] in wanted
+            and r["length"] in cfg.lengths and r["sample"] < cfg.samples
+            and (r["task"] != "niah_grid" or r.get("depth") in cfg.grid_depths)]
     bits = {c: {n: codec_objs[c].bits_per_element(n) for n in cfg.lengths} for c in cfg.codecs}
     summary = summarize(rows, bits)
     meta = {"config": asdict(cfg), "protocol": cfg.protocol, "rows": len(rows), "summary": summary}
     _write_atomic(out / "summary.json", json.dumps(meta, indent=2) + "\n")
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["codec", "task", "length", "samples", "score", "bits_per_element"])
+    w = csv.DictWriter(buf, fieldnames=["codec", "task", "length", "depth", "samples", "score", "bits_per_element"])
     w.writeheader()
     w.writerows(summary)
     _write_atomic(out / "summary.csv", buf.getvalue())
-    _plot(summary, out / "ruler.png")
-    return {"new_rows": new, "summary": summary, "files": [str(rows_path), str(out / "summary.json"),
-                                                          str(out / "summary.csv"), str(out / "ruler.png")]}
+    files = [str(rows_path), str(out / "summary.json"), str(out / "summary.csv")]
+    if any(x["task"] != "niah_grid" for x in summary):
+        _plot([x for x in summary if x["task"] != "niah_grid"], out / "ruler.png")
+        files.append(str(out / "ruler.png"))
+    if cfg.grid_depths:
+        _heatmaps([x for x in summary if x["task"] == "niah_grid"], out / "niah_grid.png")
+        files.append(str(out / "niah_grid.png"))
+    return {"new_rows": new, "summary": summary, "files": files}
+
+
+def _heatmaps(summary: list[dict], path: Path) -> None:
+    """One depth x length heatmap of the needle-grid score per codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    codecs_ = sorted({s["codec"] for s in summary})
+    lengths = sorted({s["length"] for s in summary})
+    depths = sorted({s["depth"] for s in summary})
+    fig, axes = plt.subplots(1, len(codecs_), figsize=(2.2 + 1.1 * len(lengths) * len(codecs_), 3.2), squeeze=False)
+    for ax, c in zip(axes[0], codecs_):
+        grid = [[next((s["score"] for s in summary if s["codec"] == c and s["length"] == n and s["depth"] == d),
+                      float("nan")) for n in lengths] for d in depths]
+        im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+        ax.set_title(c, fontsize=9)
+        ax.set_xlabel("context", fontsize=8)
+    axes[0][0].set_ylabel("needle depth", fontsize=8)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def run_perplexity(cfg: EvalConfig, text_file: str, max_windows: int = 8, model_and_tokenizer=None) -> dict:

@@ -26,7 +26,7 @@ from typing import Callable
 from ..corpora import essay_files, read_texts
 from ..errors import ConfigError
 
-__all__ = ["TASKS", "NIAH_TASKS", "Sample", "make_sample", "string_match_all"]
+__all__ = ["TASKS", "NIAH_TASKS", "Sample", "make_sample", "make_grid_sample", "string_match_all", "GRID_DEPTHS"]
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH_TEMPLATE = ("Some special magic {type_v} are hidden within the following text. Make sure to memorize it. "
@@ -226,3 +226,47 @@ def make_sample(task: str, count_tokens: Callable[[str], int], length: int, seed
         fits = 1
     prompt, refs, budget, meta = _build(task, fits, seed)
     return Sample(task, prompt, refs, budget, tokens=count_tokens(prompt), meta={"units": fits, **meta})
+
+
+# ---- Kamradt-style needle grid: one queried needle at a chosen depth, distractors elsewhere ----
+
+GRID_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _grid(n: int, depth: float, seed: int, distractors: int) -> tuple[str, list[str], int, dict]:
+    rng = random.Random(f"grid:{seed}")
+    sents = _essay_sentences()
+    start = rng.randrange(len(sents))
+    hay = [sents[(start + i) % len(sents)] for i in range(n)]
+    key, value = _key(rng, "words"), _number(rng)
+    for _ in range(distractors):  # same template, other keys, random places
+        hay.insert(rng.randrange(len(hay) + 1), NEEDLE.format(type_v="numbers", key=_key(rng, "words"),
+                                                              value=_number(rng)))
+    hay.insert(round(depth * len(hay)), NEEDLE.format(type_v="numbers", key=key, value=value))
+    prompt = (NIAH_TEMPLATE.format(type_v="numbers", context=" ".join(hay), query=key)
+              + NIAH_ANSWER.format(type_v="numbers", query=key))
+    return prompt, [value], 32, {"depth": depth, "distractors": distractors}
+
+
+def make_grid_sample(count_tokens: Callable[[str], int], length: int, depth: float, seed: int,
+                     distractors: int = 3) -> Sample:
+    """The needle grid's sample at `depth` (0 = start of the haystack, 1 = end), filling `length`."""
+    if not 0.0 <= depth <= 1.0:
+        raise ConfigError(f"depth must be in [0, 1], got {depth}")
+    lo, hi, fits = 1, 8, None
+    while True:
+        prompt, refs, budget, _ = _grid(hi, depth, seed, distractors)
+        if count_tokens(prompt) + budget > length or hi > 10 * length:
+            break
+        fits, lo, hi = hi, hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        prompt, refs, budget, _ = _grid(mid, depth, seed, distractors)
+        if count_tokens(prompt) + budget <= length:
+            fits, lo = mid, mid
+        else:
+            hi = mid
+    if fits is None:
+        raise ConfigError(f"needle grid: even the smallest prompt exceeds {length} tokens")
+    prompt, refs, budget, meta = _grid(fits, depth, seed, distractors)
+    return Sample("niah_grid", prompt, refs, budget, tokens=count_tokens(prompt), meta={"units": fits, **meta})

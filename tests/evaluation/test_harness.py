@@ -42,7 +42,16 @@ def test_ruler_grid_resumes_and_summarizes(smollm2, smollm2_artifact, tmp_path):
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert main(["--model", "smollm2-135m", "--tasks", "attn", "--out", str(tmp_path)]) == 2
-    assert "not built yet" in capsys.readouterr().err
+    assert "--attn-file" in capsys.readouterr().err
+    assert main(["--model", "smollm2-135m", "--tasks", "ppl", "--ppl-file", str(tmp_path / "nope.txt"),
+                 "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["--model", "smollm2-135m", "--artifact", "oscar=a,kivi2", "--out", str(tmp_path)]) == 2
+    assert "CODEC=DIR" in capsys.readouterr().err
+    assert main(["--model", "smollm2-135m", "--artifact", "kivi2=somewhere", "--out", str(tmp_path)]) == 2
+    assert "not in --codecs" in capsys.readouterr().err
+    assert main(["--merge", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
+    assert "not a directory" in capsys.readouterr().err
     assert main(["--model", "smollm2-135m", "--tasks", "ppl", "--out", str(tmp_path)]) == 2
     assert "--ppl-file" in capsys.readouterr().err
     assert main(["--model", "smollm2-135m", "--ctx", "4q", "--out", str(tmp_path)]) == 2
@@ -77,3 +86,60 @@ def test_needle_grid_rows_and_heatmap(smollm2, tmp_path):
     assert cells == {(r["codec"], r["depth"]): r["score"] for r in rows}
     assert (tmp_path / "niah_grid.png").stat().st_size > 1000 and not (tmp_path / "ruler.png").exists()
     assert run_ruler(cfg, progress=False, model_and_tokenizer=smollm2)["new_rows"] == 0
+
+
+def test_attention_error_task(smollm2, smollm2_artifact, tmp_path):
+    """Per-layer errors for every layer; bf16 is bf16 rounding, oscar beats plain INT2 (known order)."""
+    from oscar_cluster.corpora import essay_files
+    from oscar_cluster.evaluation.harness import run_attention_error
+
+    cfg = EvalConfig(model="smollm2-135m", out=str(tmp_path), codecs=["bf16", "int2", "oscar"], tasks=[],
+                     lengths=[300], artifact=str(smollm2_artifact))
+    doc = run_attention_error(cfg, str(essay_files()[1]), tokens=256, model_and_tokenizer=smollm2, progress=False)
+    errs = {c: r["per_layer"] for c, r in doc["codecs"].items()}
+    assert all(len(e) == 30 for e in errs.values()), "one error per layer of SmolLM2"
+    assert max(errs["bf16"]) < 1e-2 and min(errs["int2"]) > 1e-2
+    assert doc["codecs"]["oscar"]["geomean"] < doc["codecs"]["int2"]["geomean"]
+    on_disk = json.loads((tmp_path / "attn.json").read_text())
+    assert on_disk["codecs"]["oscar"]["per_layer"] == errs["oscar"] and on_disk["tokens"] == 256
+    assert (tmp_path / "attn.png").stat().st_size > 1000
+
+
+def test_calibrated_codec_is_fitted_once_and_cached(smollm2, smollm2_artifact, tmp_path):
+    from oscar_cluster.evaluation.harness import _codecs
+
+    cfg = EvalConfig(model="smollm2-135m", out=str(tmp_path), codecs=["oscar-paper"], tasks=["niah_single_1"],
+                     lengths=[300], samples=1, calib_tokens=1024)
+    res = run_ruler(cfg, progress=False, model_and_tokenizer=smollm2)
+    art = tmp_path / "artifacts" / "oscar-paper"
+    assert res["new_rows"] == 1 and (art / "oscar.yaml").exists()
+    stamp = (art / "transforms.safetensors").stat().st_mtime_ns
+    first = _codecs(cfg, smollm2[0], smollm2[1], progress=False)["oscar-paper"]
+    assert (art / "transforms.safetensors").stat().st_mtime_ns == stamp, "the cached artifact is reused, not refitted"
+    assert first.metadata["calibration"]["tokens"] >= 1024
+    bad = EvalConfig(model="smollm2-135m", out=str(tmp_path / "x"), codecs=["oscar-paper"], tasks=[], lengths=[300],
+                     artifacts={"oscar-paper": str(smollm2_artifact)})
+    with pytest.raises(ConfigError, match="holds a 'oscar' codec"):
+        _codecs(bad, smollm2[0], smollm2[1], progress=False)
+
+
+def test_parallel_runs_merge_into_one_report(smollm2, tmp_path):
+    from oscar_cluster.evaluation.harness import merge_runs
+
+    a, b = tmp_path / "gpu0", tmp_path / "gpu1"
+    for out, codec in ((a, "bf16"), (b, "int2")):
+        run_ruler(EvalConfig(model="smollm2-135m", out=str(out), codecs=[codec], tasks=["niah_single_1"],
+                             lengths=[300], samples=2), progress=False, model_and_tokenizer=smollm2)
+    assert main(["--merge", f"{a},{b},{a}", "--out", str(tmp_path / "all"), "--quiet"]) == 0
+    rows = read_rows(tmp_path / "all" / "ruler.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for d in (a, b) for r in read_rows(d / "ruler.jsonl"))
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())["summary"]
+    got = {(s["codec"], s["task"]): (s["score"], s["samples"], s["bits_per_element"]) for s in summary}
+    for d, codec in ((a, "bf16"), (b, "int2")):
+        part = {(s["codec"], s["task"]): (s["score"], s["samples"], s["bits_per_element"])
+                for s in json.loads((d / "summary.json").read_text())["summary"]}
+        assert {k: v for k, v in got.items() if k[0] == codec} == part
+    (a / "ppl.json").write_text(json.dumps({"file": "w", "window": 512, "codecs": {"bf16": {"ppl": 10.0, "bits_per_element": 16}}}))
+    (b / "ppl.json").write_text(json.dumps({"file": "w", "window": 1024, "codecs": {"int2": {"ppl": 30.0, "bits_per_element": 2.5}}}))
+    with pytest.raises(ConfigError, match="other settings"):
+        merge_runs([str(a), str(b)], str(tmp_path / "bad"))

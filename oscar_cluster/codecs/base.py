@@ -79,6 +79,11 @@ class Codec:
         self.fitted = True
         return self
 
+    def to(self, device) -> "Codec":
+        """Keep the codec's learned tensors on `device`, in place; returns self. Codecs without
+        learned tensors have nothing to move."""
+        return self
+
     def encode(self, x: torch.Tensor, kind: str, layer: int, positions: torch.Tensor | None = None) -> Encoded:
         """x: [tokens, kv_heads, d] (any float dtype); positions: [tokens] int or None."""
         self._check_ready(x, kind)

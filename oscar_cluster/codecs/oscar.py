@@ -12,6 +12,7 @@ Keys attend in the transformed space with q' = T_k^-T q; values' T_v^-1 maps the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -61,9 +62,22 @@ class LayerCodebook:
     rope_mean: torch.Tensor
     inv_freq: torch.Tensor
 
-    @property
+    @cached_property
     def position_mean(self) -> bool:
         return bool(self.rope_mean.abs().max() > 0)
+
+    @cached_property
+    def segments(self) -> list[tuple[int, int, int]]:
+        """[(start, width, bits)] runs of the layout (computed once: no device sync per token)."""
+        out, start = [], 0
+        for w, b in runs(self.bits.tolist()):
+            out.append((start, w, b))
+            start += w
+        return out
+
+    def to(self, device) -> "LayerCodebook":
+        """A copy with every tensor on `device` (so encode/decode move nothing per call)."""
+        return LayerCodebook(**{name: getattr(self, name).to(device) for name in _TENSORS})
 
     def mean_at(self, positions: torch.Tensor) -> torch.Tensor:
         """R_p rope_mean for each position: [T, H, d] float32."""
@@ -232,6 +246,12 @@ class OscarCodec(Codec):
             start += w
         return out
 
+    def to(self, device) -> "OscarCodec":
+        """Keep the codebooks and level tables on `device` (the model's), in place; returns self."""
+        self.layers = {l: {k: cb.to(device) for k, cb in kinds.items()} for l, kinds in self.layers.items()}
+        self._tables = {b: t.to(device) for b, t in self._tables.items()}
+        return self
+
     def _encode(self, x: torch.Tensor, kind: str, layer: int, positions=None) -> dict[str, torch.Tensor]:
         cb = self.codebook(layer, kind)
         T, H, d = x.shape
@@ -248,21 +268,22 @@ class OscarCodec(Codec):
         scale = z[..., coded].pow(2).mean(-1).sqrt().clamp_min(1e-6)
         weight = cb.std.to(dev).pow(2)  # channel error in output units is std^2 (z - scale * level)^2
         for _ in range(self.scale_iters):
-            codes, lev = self._quantize(z / scale[..., None], cb.bits)
+            codes, lev = self._quantize(z / scale[..., None], cb.segments)
             # least-squares scale for these codes, weighted by the channels' output-error units
             num = (weight * z * lev).sum(-1)
             den = (weight * lev * lev).sum(-1).clamp_min(1e-12)
             scale = torch.where(num > 0, num / den, scale).clamp_min(1e-6)
         scale = scale.half()
-        codes, _ = self._quantize(z / scale.float()[..., None], cb.bits)
+        codes, _ = self._quantize(z / scale.float()[..., None], cb.segments)
         return {"codes": codes.reshape(T, H, -1), "scale": scale, **extra}
 
-    def _quantize(self, zn: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """zn: [T, H, d] normalized -> (packed codes [T*H, bytes] uint8, chosen levels [T, H, d])."""
+    def _quantize(self, zn: torch.Tensor, segments: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """zn: [T, H, d] normalized, segments: the layout's runs -> (packed codes [T*H, bytes] uint8,
+        chosen levels [T, H, d])."""
         T, H, d = zn.shape
         lev = torch.zeros_like(zn)
         packed = []
-        for start, w, b in self._segments(bits):
+        for start, w, b in segments:
             if b == 0:
                 continue
             table = self._tables[b].to(zn.device)
@@ -278,7 +299,7 @@ class OscarCodec(Codec):
         codes = payload["codes"].reshape(T * H, -1)
         zn = torch.zeros(T * H, D, device=dev)
         byte = 0
-        for start, w, b in self._segments(cb.bits):
+        for start, w, b in cb.segments:
             if b == 0:
                 continue
             nbytes = w * b // 8

@@ -66,6 +66,10 @@ class OscarPaperCodec(Codec):
                 "v": (mix @ Uv.transpose(-1, -2)).float(),
             }
 
+    def to(self, device) -> "OscarPaperCodec":
+        self.rotations = {l: {k: r.to(device) for k, r in kr.items()} for l, kr in self.rotations.items()}
+        return self
+
     def rotation(self, layer: int, kind: str) -> torch.Tensor:
         """R: [H, d, d] orthogonal; x' = R x (queries too, since R^-T = R)."""
         if layer not in self.rotations:

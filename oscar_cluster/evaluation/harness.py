@@ -96,7 +96,8 @@ def _codecs(cfg: EvalConfig, model, tok=None, progress: bool = True) -> dict[str
         if not c.fitted:
             c = _fit_cached(cfg, name, model, tok, progress)
         out[name] = c
-    return out
+    device = next(model.parameters()).device
+    return {name: c.to(device) for name, c in out.items()}  # nothing crosses the bus per token
 
 
 def _fit_cached(cfg: EvalConfig, name: str, model, tok, progress: bool) -> codecs.Codec:

@@ -116,6 +116,25 @@ def test_state_dict_roundtrip(fitted):
         assert torch.equal(codec.roundtrip(x, kind, 1, pos), other.roundtrip(x, kind, 1, pos))
 
 
+def test_to_device_keeps_results_and_caches_the_layout(fitted):
+    """`to(device)` moves every codebook tensor (the eval keeps codecs beside the model, so nothing
+    is copied per token); results are unchanged and the layout runs are computed once."""
+    codec, _, _, d = fitted
+    moved = codecs.get("oscar", **codec.options())
+    moved.load_state_dict(codec.state_dict())
+    assert moved.to(torch.device("cpu")) is moved
+    for kinds in moved.layers.values():
+        for cb in kinds.values():
+            assert cb.segments == moved._segments(cb.bits) and cb.segments is cb.segments
+            assert sum(w * b for _, w, b in cb.segments) == int(cb.bits.sum())
+            assert all(getattr(cb, n).device.type == "cpu" for n in ("T", "T_inv", "mean", "std", "bits"))
+    _, k, v = _sequence(32, 4, 2, d, seed=12)
+    pos = torch.arange(7, 39)
+    for x, kind in ((k, "k"), (v, "v")):
+        assert torch.equal(codec.roundtrip(x, kind, 0, pos), moved.roundtrip(x, kind, 0, pos))
+    assert moved.codebook(0, "k").position_mean == codec.codebook(0, "k").position_mean
+
+
 def test_rope_mean_needs_positions(fitted):
     codec, _, _, d = fitted
     _, k, v = _sequence(8, 4, 2, d, seed=1)

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="token budget per step (chunked prefill)")
     p.add_argument("--kv-cache-memory-bytes", type=int, default=1 << 30)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--prefix-caching", action="store_true", help="enable vLLM's prefix caching (off by default)")
     return p
 
 
@@ -78,7 +79,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model=args.model, dtype=args.dtype, enforce_eager=True, max_model_len=args.max_model_len,
               max_num_seqs=args.max_num_seqs, kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-              enable_prefix_caching=False, seed=0, **extra)
+              enable_prefix_caching=args.prefix_caching, seed=0, **extra)
     init_s = time.perf_counter() - t0
     cfg = llm.llm_engine.vllm_config
     t1 = time.perf_counter()
@@ -91,7 +92,7 @@ def run(args) -> dict:
         "kv_cache_memory_bytes": args.kv_cache_memory_bytes, "init_s": round(init_s, 1),
         "generate_s": round(time.perf_counter() - t1, 1),
         "outputs": [{"prompt_token_ids": list(o.prompt_token_ids), "token_ids": list(o.outputs[0].token_ids),
-                     "text": o.outputs[0].text,
+                     "text": o.outputs[0].text, "num_cached_tokens": o.num_cached_tokens,
                      "logprobs": [{str(t): p.logprob for t, p in step.items()} for step in o.outputs[0].logprobs or []]}
                     for o in outs],
     }

@@ -4,7 +4,8 @@
 Each engine runs in its own process (`python -m oscar_cluster.vllm_plugin.check`, as vLLM spawns
 processes of its own): OSCAR in float32 with a 128-token budget per step (the short prompts share
 batches; the needle prompt runs alone, in 128-token chunks whose earlier chunks are read through
-the codes), and plain vLLM in bf16. References are computed here with transformers.
+the codes, then once more on its prefix-cached blocks), and plain vLLM in bf16. References are
+computed here with transformers.
 
 Why float32 for the text comparison: a 2-bit cache makes greedy decoding chaotic. OscarCache
 against itself with the embeddings perturbed by 1e-6 drifts to log-probability differences of
@@ -84,19 +85,24 @@ def prompts(smollm2, tmp_path_factory):
     """[[5 short prompts], [needle prompt]] as token ids: one batch, then the needle alone."""
     _, tok = smollm2
     groups = [[tok(p).input_ids for p in PROMPTS], [tok(_needle_prompt()).input_ids]]
+    again = tmp_path_factory.mktemp("prompts") / "prompts-needle-twice.json"
+    again.write_text(json.dumps([*groups, groups[1]]))
     path = tmp_path_factory.mktemp("prompts") / "prompts.json"
     path.write_text(json.dumps(groups))
-    return groups, path
+    return groups, path, again
 
 
 @pytest.fixture(scope="module")
 def engines(request, model_dir, prompts, smollm2_artifact_8k, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engines")
     runs = {}
-    for name, args in (("oscar", ["--artifact", smollm2_artifact_8k, "--dtype", "float32", "--logprobs", 5]),
-                       ("bf16", ["--bf16", "--dtype", "bfloat16"])):
-        proc = _check(model_dir, prompts[1], tmp / f"{name}.json", *args)
+    for name, file, args in (
+            ("oscar", prompts[2], ["--artifact", smollm2_artifact_8k, "--dtype", "float32", "--logprobs", 5,
+                                   "--prefix-caching"]),
+            ("bf16", prompts[1], ["--bf16", "--dtype", "bfloat16"])):
+        proc = _check(model_dir, file, tmp / f"{name}.json", *args)
         assert proc.returncode == 0, f"{name} engine failed:\n{proc.stderr[-6000:]}"
+        assert "no longer in the bf16 sink pool" not in proc.stdout + proc.stderr  # every sink stayed bf16
         runs[name] = json.loads((tmp / f"{name}.json").read_text())
         r = runs[name]
         _say(request, f"{name}: {r['num_gpu_blocks']} KV blocks of {r['block_size']}, engine start {r['init_s']} s, "
@@ -127,7 +133,7 @@ def test_oscar_in_vllm_generates_what_oscar_cache_generates(request, engines, sm
     model, tok = smollm2  # float32, like the OSCAR engine
     codec = load_artifact(smollm2_artifact_8k, model=model)
     rates = []
-    for out in engines["oscar"]["outputs"]:
+    for out in engines["oscar"]["outputs"][:-1]:  # the last is the needle again, from the prefix cache
         agree, ref_lp = _teacher_forced(model, OscarCache(codec), out["prompt_token_ids"], out["token_ids"], CHUNK)
         rate = sum(agree) / len(agree)
         rates.append(rate)
@@ -146,13 +152,23 @@ def test_needle_answer_is_identical(engines, smollm2, smollm2_artifact_8k, promp
     model, tok = smollm2
     codec = load_artifact(smollm2_artifact_8k, model=model)
     (needle_ids,) = prompts[0][1]
-    out = engines["oscar"]["outputs"][-1]
+    out = engines["oscar"]["outputs"][-2]
     assert out["prompt_token_ids"] == needle_ids and len(needle_ids) > 4 * CHUNK
     ref = greedy_generate(model, torch.tensor(needle_ids), OscarCache(codec), NEW_TOKENS, prefill_chunk=CHUNK)
     answer_vllm = tok.decode(out["token_ids"]).split("\n")[0]
     answer_ref = tok.decode(ref.tolist()).split("\n")[0]
     assert answer_vllm == answer_ref, (answer_vllm, answer_ref)
     assert ANSWER in answer_vllm, answer_vllm
+
+
+def test_prefix_cache_hit_reads_the_same_cache(engines):
+    """The needle again: its 5 full blocks come from the prefix cache (their sinks from the pool row
+    of the shared first block). vLLM then computes the last 6 tokens, as the first run's last chunk
+    did, so the output is the same token for token."""
+    first, again = engines["oscar"]["outputs"][-2:]
+    assert first["prompt_token_ids"] == again["prompt_token_ids"]
+    assert again["num_cached_tokens"] == len(first["prompt_token_ids"]) // 128 * 128 == 640
+    assert again["token_ids"] == first["token_ids"]
 
 
 def test_capacity_is_at_least_6_5x_bf16_at_the_same_memory(request, engines, smollm2_artifact_8k):

@@ -14,7 +14,10 @@ the default Prometheus registry on /metrics. The gauges describe the OSCAR cache
     oscar:kv_cache_tokens_in_use     vllm:kv_cache_usage_perc x capacity, updated every step
 
 Labels: model_name, engine. Gauges are registered once per process: an earlier logger's `oscar:`
-collectors are removed first, as vLLM does with its own.
+collectors are removed first, as vLLM does with its own. vLLM loads stat-logger plugins for every
+engine, so the logger stays inert (no gauges) unless the engine runs the OSCAR backend: on a GPU
+when `--attention-backend CUSTOM` (or a per-kind CUSTOM) is selected, on the CPU platform always
+(the plugin overrides CPU_ATTN there).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .artifact_info import read_artifact_info
 from .capacity import KvCapacity, kv_capacity, sink_pool_bytes
 from .settings import resolve_settings
 
-__all__ = ["OscarStatLogger", "GAUGES"]
+__all__ = ["OscarStatLogger", "GAUGES", "oscar_selected"]
 
 GAUGES = {
     "oscar:kv_bits_per_element": "Bits per element of a packed OSCAR slot (codes and scales)",
@@ -48,15 +51,27 @@ def _unregister_oscar_gauges() -> None:
             REGISTRY.unregister(collector)
 
 
+def oscar_selected(vllm_config: VllmConfig) -> bool:
+    """Does this engine run the OSCAR backend (the plugin's CUSTOM slot, or CPU_ATTN on CPU)?"""
+    from vllm.platforms import current_platform
+
+    attn = vllm_config.attention_config
+    chosen = [attn.backend, *attn.backend_per_kind.values()]
+    return current_platform.is_cpu() or any(b is not None and b.name == "CUSTOM" for b in chosen)
+
+
 class OscarStatLogger(StatLoggerBase):
     def __init__(self, vllm_config: VllmConfig, engine_index: int = 0):
         self.vllm_config = vllm_config
+        self.active = oscar_selected(vllm_config)
+        self.capacity: KvCapacity | None = None
+        if not self.active:
+            return
         self.info = read_artifact_info(resolve_settings(vllm_config.additional_config).artifact)
         labels = {"model_name": str(vllm_config.model_config.served_model_name), "engine": str(engine_index)}
         _unregister_oscar_gauges()
         self.gauges = {name: Gauge(name, doc, list(labels), multiprocess_mode="mostrecent").labels(**labels)
                        for name, doc in GAUGES.items()}
-        self.capacity: KvCapacity | None = None
 
     def figures(self) -> KvCapacity:
         """The engine's capacity; valid once vLLM has allocated the KV cache."""
@@ -69,6 +84,8 @@ class OscarStatLogger(StatLoggerBase):
                            kv_memory_bytes=cfg.cache_config.kv_cache_memory_bytes)
 
     def log_engine_initialized(self) -> None:
+        if not self.active:
+            return
         cfg = self.vllm_config
         c = self.capacity = self.figures()
         settings = resolve_settings(cfg.additional_config)

@@ -98,3 +98,23 @@ def test_customize_spec_without_an_artifact(monkeypatch):
     with pytest.raises(ConfigError, match="needs an artifact"):
         OscarAttentionBackend.customize_spec(FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64,
                                                                dtype=torch.bfloat16))
+
+
+def test_stat_logger_is_inert_unless_the_engine_runs_oscar(monkeypatch):
+    """vLLM loads stat-logger plugins for every engine; plain vLLM on a GPU must not need an artifact."""
+    monkeypatch.setattr(settings, "_recorded", None)
+    monkeypatch.delenv("OSCAR_ARTIFACT", raising=False)
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)  # as on a GPU
+
+    def config(backend, per_kind=None):
+        attn = types.SimpleNamespace(backend=backend, backend_per_kind=per_kind or {})
+        return types.SimpleNamespace(attention_config=attn, additional_config={})
+
+    plain = OscarStatLogger(config(None))
+    assert not plain.active
+    plain.log_engine_initialized()
+    plain.record(types.SimpleNamespace(kv_cache_usage=0.5), None)
+    with pytest.raises(ConfigError, match="needs an artifact"):
+        OscarStatLogger(config(AttentionBackendEnum.CUSTOM))
+    with pytest.raises(ConfigError, match="needs an artifact"):
+        OscarStatLogger(config(AttentionBackendEnum.FLASH_ATTN, {"sliding_window": AttentionBackendEnum.CUSTOM}))

@@ -145,6 +145,16 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _plot(summary: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -167,10 +177,7 @@ def _plot(summary: list[dict], path: Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) -> dict:
@@ -317,10 +324,7 @@ def _heatmaps(summary: list[dict], path: Path) -> None:
         ax.set_xlabel("context", fontsize=8)
     axes[0][0].set_ylabel("needle depth", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def _finish_ppl(doc: dict) -> None:
@@ -382,10 +386,7 @@ def _plot_ppl(doc: dict, path: Path) -> None:
     ax.set_title(f"{Path(doc['file']).name}: window {doc['window']}, {doc['protocol']}", fontsize=9)
     ax.grid(True, alpha=0.3, which="both")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def run_attention_error(cfg: EvalConfig, text_file: str, tokens: int = 2048, model_and_tokenizer=None,
@@ -442,7 +443,4 @@ def _plot_attn(doc: dict, path: Path) -> None:
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import provenance, write_result  # noqa: E402
 
 from oscar_cluster import codecs  # noqa: E402
-from oscar_cluster.calibration import LayerStatistics  # noqa: E402
 from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,  # noqa: E402
                                    paged_attention_reference, write_kv, write_kv_reference)
 from oscar_cluster.kernels.paged_cache import PagedKVCache, paged_attention_enabled  # noqa: E402
+from oscar_cluster.synthetic import synthetic_oscar_codec  # noqa: E402
 
 DEV = torch.device("cuda")
 TUNE_BLOCK_N, TUNE_WARPS = (16, 32, 64), (2, 4, 8)
@@ -49,17 +49,7 @@ MODEL_STORAGES = ("bf16", "oscar")
 def synthetic_codec(d: int, H: int, Hq: int, layers: int = 1, seed: int = 0):
     """An `oscar` codec fitted on synthetic statistics (keys with outliers and a mean); the bit
     layout is what water-filling gives (2.0 bits mean), which is all the speed depends on."""
-    g = torch.Generator().manual_seed(seed)
-    inv_freq = 1e4 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    w_o = torch.randn(256, Hq * d, generator=g) / d ** 0.5
-    stats = []
-    for layer in range(layers):
-        k = torch.randn(256, H, d, generator=g)
-        k[..., :4] = k[..., :4] * 6 + 4.0
-        q = torch.randn(256, Hq, d, generator=g) * torch.linspace(3, 0.2, d)
-        v = torch.randn(256, H, d, generator=g) * torch.linspace(2, 0.5, d)
-        stats.append(LayerStatistics.from_samples(q, k, v, w_o, layer=layer, sinks=4, inv_freq=inv_freq))
-    return codecs.get("oscar").fit(stats)
+    return synthetic_oscar_codec(d, H, Hq, layers=layers, seed=seed, samples=256, w_o_rows=256)
 
 
 def median_ms(fn, graph: bool = True) -> float:

@@ -10,28 +10,18 @@ import pytest
 import torch
 
 from oscar_cluster import codecs
-from oscar_cluster.calibration import LayerStatistics
 from oscar_cluster.errors import ConfigError
 from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,
                                    paged_attention_bf16_reference, paged_attention_reference, write_kv,
                                    write_kv_reference)
 from oscar_cluster.kernels.write_kv import read_slots
+from oscar_cluster.synthetic import synthetic_oscar_codec
 
 POISON = 0xA5
 
 
 def _fitted(d, H, Hq, seed=0, layers=1, key_mean="rope"):
-    g = torch.Generator().manual_seed(seed)
-    inv_freq = 1e4 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    w_o = torch.randn(64, Hq * d, generator=g) / d ** 0.5
-    stats = []
-    for layer in range(layers):
-        k = torch.randn(192, H, d, generator=g)
-        k[..., :4] = k[..., :4] * 6 + 4.0  # outliers and a large mean, as real keys have
-        q = torch.randn(192, Hq, d, generator=g) * torch.linspace(3, 0.2, d)
-        v = torch.randn(192, H, d, generator=g) * torch.linspace(2, 0.5, d)
-        stats.append(LayerStatistics.from_samples(q, k, v, w_o, layer=layer, sinks=4, inv_freq=inv_freq))
-    return codecs.get("oscar", key_mean=key_mean).fit(stats)
+    return synthetic_oscar_codec(d, H, Hq, layers=layers, seed=seed, key_mean=key_mean)
 
 
 def _random_layout(codec, d, g):

@@ -3,10 +3,8 @@
 import importlib.util
 
 import pytest
-import torch
 
-from oscar_cluster import codecs
-from oscar_cluster.calibration import LayerStatistics
+from oscar_cluster.synthetic import synthetic_oscar_codec
 
 _spec = importlib.util.find_spec("vllm")
 # tests/vllm itself is importable as a namespace package "vllm" (origin None) when tests/ is on sys.path
@@ -22,14 +20,4 @@ def needs_vllm():
 
 def fitted_codec(d: int, H: int, Hq: int, layers: int = 1, seed: int = 0, sinks: int = 4):
     """A fitted `oscar` codec on random statistics with key outliers and a RoPE mean."""
-    g = torch.Generator().manual_seed(seed)
-    inv_freq = 1e4 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    w_o = torch.randn(64, Hq * d, generator=g) / d ** 0.5
-    stats = []
-    for layer in range(layers):
-        k = torch.randn(192, H, d, generator=g)
-        k[..., :4] = k[..., :4] * 6 + 4.0
-        q = torch.randn(192, Hq, d, generator=g) * torch.linspace(3, 0.2, d)
-        v = torch.randn(192, H, d, generator=g) * torch.linspace(2, 0.5, d)
-        stats.append(LayerStatistics.from_samples(q, k, v, w_o, layer=layer, sinks=sinks, inv_freq=inv_freq))
-    return codecs.get("oscar", sinks=sinks).fit(stats)
+    return synthetic_oscar_codec(d, H, Hq, layers=layers, seed=seed, sinks=sinks)

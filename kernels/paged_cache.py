@@ -17,6 +17,7 @@ padding); the attention mask is not consulted.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -40,7 +41,7 @@ class PagedLayer(DynamicLayer):
 
     def __init__(self, owner: "PagedKVCache", layer_idx: int):
         super().__init__()
-        self.owner, self.layer_idx = owner, layer_idx
+        self.owner, self.layer_idx = weakref.proxy(owner), layer_idx  # no cycle: buffers die with the cache
         self.n_seen = 0
         self.prefix = 0  # tokens stored before the current call (what attention reads from pages)
 

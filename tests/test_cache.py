@@ -35,6 +35,7 @@ def test_recent_window_and_token_groups():
     for step in range(10):
         cache.update(*_kv(1, 2, 20, 16, step), 0)
     layer = cache.layers[0]
+    layer.settle()  # the last call's tokens are settled at the next update; do it now
     assert layer.n_seen == 200
     assert layer.n_stored % 32 == 0
     assert 128 <= layer.tail_k.shape[-2] < 128 + 32
@@ -49,7 +50,7 @@ def test_bf16_prefill_protocol_defers_encoding_until_decode():
     k_out, _ = cache.update(*_kv(1, 2, 8, 16, 1), 0)
     assert torch.equal(k_out[:, :, :8], k1.bfloat16().float())  # earlier prompt chunk still bf16
     k_out, _ = cache.update(*_kv(1, 2, 1, 16, 2), 0)  # first decode step: prompt gets encoded
-    assert cache.layers[0].n_stored == 17
+    assert cache.layers[0].n_stored == 16  # the decode token itself waits for the next update
     assert not torch.equal(k_out[:, :, :8], k1.bfloat16().float())
 
 
@@ -93,3 +94,94 @@ def test_chunked_prefill_generation_matches_single_chunk_for_bf16(smollm2_bf16):
     a = greedy_generate(model, ids, OscarCache(codecs.get("bf16")), 10, prefill_chunk=4)
     b = greedy_generate(model, ids, DynamicCache(config=model.config), 10)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["int2", "kivi2"])  # one token at a time; token groups of 32 and a recent window
+def test_left_padded_batch_stores_every_item_as_alone(name):
+    """Item b of a left-padded batch ends up with the same decoded view as when it runs alone,
+    over chunks of several sizes and decode steps (KIVI's groups start at the item's first token)."""
+    codec = codecs.get(name, head_dim=16)
+    lens, calls = [230, 197, 260], [64, 100, 96, 1, 1, 1]
+    T = max(lens)
+    total = T - max(lens) + sum(calls)
+    g = torch.Generator().manual_seed(3)
+    items = [(torch.randn(1, 2, n - T + total, 16, generator=g), torch.randn(1, 2, n - T + total, 16, generator=g))
+             for n in lens]
+    pads = [T - n for n in lens]
+    batch = OscarCache(codec)
+    batch.set_left_padding(pads)
+    alone = [OscarCache(codec) for _ in lens]
+    at = 0
+    for c in calls:
+        kb = torch.zeros(3, 2, c, 16)
+        vb = torch.zeros(3, 2, c, 16)
+        for b, (k, v) in enumerate(items):
+            lo = at - pads[b]  # this call's tokens of item b (pads: zeros)
+            sl = slice(max(lo, 0), lo + c)
+            if lo + c > 0:
+                kb[b, :, max(0, -lo):] = k[:, :, sl][0]
+                vb[b, :, max(0, -lo):] = v[:, :, sl][0]
+                alone[b].update(k[:, :, sl], v[:, :, sl], 0)
+        batch.update(kb, vb, 0)
+        at += c
+    batch.layers[0].settle()
+    for b in range(3):
+        alone[b].layers[0].settle()
+        mine = alone[b].layers[0]
+        got = batch.layers[0].view_k[b, :, pads[b]:batch.layers[0].n_seen]
+        assert torch.equal(got, mine.view_k[0, :, :mine.n_seen]), b
+        got_v = batch.layers[0].view_v[b, :, pads[b]:batch.layers[0].n_seen]
+        assert torch.equal(got_v, mine.view_v[0, :, :mine.n_seen]), b
+
+
+def test_left_padding_errors():
+    cache = OscarCache(codecs.get("int2", head_dim=16))
+    with pytest.raises(ConfigError, match=">= 0"):
+        cache.set_left_padding([1, -2])
+    cache.set_left_padding([0, 3])
+    with pytest.raises(ConfigError, match="left padding for 2 sequences"):
+        cache.update(*_kv(3, 2, 4, 16, 0), 0)
+    cache = OscarCache(codecs.get("int2", head_dim=16))
+    cache.update(*_kv(1, 2, 4, 16, 0), 0)
+    with pytest.raises(ConfigError, match="before the cache's first update"):
+        cache.set_left_padding([0])
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name", ["bf16", "kivi2"])
+def test_batched_generation_matches_each_prompt_alone(smollm2, name):
+    """greedy_generate_batch = greedy_generate(chunk_align="end") per prompt (float32, CPU), with
+    prompts of three lengths, chunked prefill and KIVI flushing during the prompt; stop reasons."""
+    from oscar_cluster.generation import greedy_generate, greedy_generate_batch
+
+    model, tok = smollm2
+    text = ("Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. " * 12)
+    prompts = [torch.tensor(tok(text[:n] + " The capital of Spain is")["input_ids"]) for n in (1000, 760, 1150)]
+    assert len({p.numel() for p in prompts}) == 3 and min(p.numel() for p in prompts) > 160
+    codec = codecs.get(name, head_dim=64)
+    alone = [greedy_generate(model, p, OscarCache(codec), 6, prefill_chunk=64, chunk_align="end").tolist()
+             for p in prompts]
+    got, why = greedy_generate_batch(model, prompts, OscarCache(codec), 6, prefill_chunk=64)
+    assert got == alone and why == ["budget"] * 3
+    first = alone[1][0]
+    got, why = greedy_generate_batch(model, prompts, OscarCache(codec), 6, prefill_chunk=64,
+                                     stop=lambda b, ids: b == 1 and ids[-1] == first)
+    assert got[1] == [first] and why[1] == "stop" and got[0] == alone[0] and why[0] == "budget"
+
+
+def test_a_dropped_cache_frees_its_buffers_at_once():
+    """No reference cycle between the cache and its layers: the buffers go with the last reference,
+    not at the next run of Python's cycle collector (at long context a batch's cache is GBs)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        cache = OscarCache(codecs.get("int2", head_dim=16))
+        cache.update(*_kv(2, 2, 40, 16, 0), 0)
+        cache.update(*_kv(2, 2, 1, 16, 1), 0)
+        view = weakref.ref(cache.layers[0].view_k)
+        del cache
+        assert view() is None
+    finally:
+        gc.enable()

@@ -9,7 +9,9 @@ Writes ruler.jsonl (one row per sample; a re-run resumes), summary.json, summary
 --tasks attn the per-layer attention-output error on --attn-tokens tokens of --attn-file (default:
 the --ppl-file) (attn.json, attn.png). Calibrated codecs (oscar, oscar-paper) come from
 --artifact [CODEC=]DIR, or are fitted once on Shakespeare and cached under OUT/artifacts/.
---merge DIR,DIR combines runs made in parallel (one per GPU) into --out.
+--merge DIR,DIR combines runs made in parallel (one per GPU) into --out. --batch N runs N samples
+of one codec, task and length at once (left-padded); on CUDA `oscar` stores tokens with the Triton
+write_kv kernel (--encoder codec: its PyTorch encode).
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn-file", default=None, help="text for --tasks attn (default: --ppl-file)")
     p.add_argument("--attn-tokens", type=int, default=2048)
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens for codecs fitted here")
+    p.add_argument("--batch", type=int, default=1, help="samples per batch (left-padded; same codec, task and length)")
+    p.add_argument("--batch-tokens", type=int, default=262144, help="at most this many prompt tokens per batch")
+    p.add_argument("--encoder", default="auto", choices=("auto", "kernels", "codec"),
+                   help="how oscar stores tokens: the Triton write_kv (auto: on CUDA) or its PyTorch encode")
     p.add_argument("--merge", default=None, help="DIR,DIR: combine parallel runs into --out (no model needed)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                          tasks=tasks, lengths=_sizes(args.ctx), samples=args.samples,
                          protocol=args.protocol, prefill_chunk=args.prefill_chunk, artifacts=_artifacts(args.artifact),
                          device=args.device, grid_depths=list(GRID_DEPTHS) if want_grid else [],
-                         calib_tokens=args.calib_tokens)
+                         calib_tokens=args.calib_tokens, batch=args.batch, batch_tokens=args.batch_tokens,
+                         encoder=args.encoder)
         for flag, f in (("--ppl-file", args.ppl_file if want_ppl else None), ("--attn-file", attn_file if want_attn else None)):
             if f is not None and not Path(f).is_file():
                 raise ConfigError(f"{flag} {f}: no such file (wikitext-2: ../shared/data/wikitext-2-raw/wiki.test.raw)")

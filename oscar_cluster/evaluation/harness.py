@@ -41,6 +41,9 @@ class EvalConfig:
     grid_depths: list[float] = field(default_factory=list)  # needle grid (task "niah_grid"); empty: none
     artifacts: dict[str, str] = field(default_factory=dict)  # codec name -> artifact dir (others are fitted)
     calib_tokens: int = 16384  # tokens of calibration text for codecs fitted here
+    batch: int = 1  # sequences per batch (left-padded)
+    batch_tokens: int = 262144  # and at most this many prompt tokens per batch
+    encoder: str = "auto"  # oscar's storage step: auto (kernels on CUDA) | kernels | codec
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in TASKS and t != "niah_grid"]
@@ -53,6 +56,12 @@ class EvalConfig:
         for c in self.artifacts:
             if c not in self.codecs:
                 raise ConfigError(f"--artifact names {c!r}, which is not in --codecs {','.join(self.codecs)}")
+        if self.batch < 1 or self.batch_tokens < 256:
+            raise ConfigError(f"--batch must be >= 1 and --batch-tokens >= 256, got {self.batch}, {self.batch_tokens}")
+        if self.encoder not in ("auto", "kernels", "codec"):
+            raise ConfigError(f"--encoder must be auto, kernels or codec, got {self.encoder!r}")
+        if self.encoder == "kernels" and "oscar" not in self.codecs:
+            raise ConfigError("--encoder kernels applies to the oscar codec, which is not in --codecs")
         if self.samples < 1 or any(n < 256 for n in self.lengths) or not (256 <= self.prefill_chunk):
             raise ConfigError("--samples must be >= 1, --ctx lengths and --prefill-chunk >= 256 tokens")
         for c in self.codecs:
@@ -180,51 +189,110 @@ def _plot(summary: list[dict], path: Path) -> None:
     _save_figure(fig, path)
 
 
+def _encoders(cfg: EvalConfig, codec_objs: dict, device) -> dict:
+    """Per codec, how OscarCache stores tokens: the Triton write_kv for `oscar` on CUDA (unless
+    --encoder codec), else the codec's own PyTorch encode. The choice is printed, never silent."""
+    out = {}
+    for name, c in codec_objs.items():
+        use_kernels = name == "oscar" and (cfg.encoder == "kernels" or (cfg.encoder == "auto" and device.type == "cuda"))
+        if use_kernels:
+            from ..kernels import KernelEncoder
+
+            out[name] = KernelEncoder(c, device)
+        else:
+            out[name] = None
+    return out
+
+
+def _batches(todo: list[tuple], cfg: EvalConfig) -> list[list[tuple]]:
+    """Consecutive rows of one (codec, task, length, depth), at most --batch sequences and
+    --batch-tokens prompt tokens each."""
+    out: list[list[tuple]] = []
+    for row in todo:
+        c, t, n, _, dp = row
+        cap = max(1, min(cfg.batch, cfg.batch_tokens // n))
+        if out and len(out[-1]) < cap and (out[-1][0][0], out[-1][0][1], out[-1][0][2], out[-1][0][4]) == (c, t, n, dp):
+            out[-1].append(row)
+        else:
+            out.append([row])
+    return out
+
+
 def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) -> dict:
-    """Run (or resume) the RULER grid; returns {"new_rows", "summary", "files"}."""
+    """Run (or resume) the RULER grid; returns {"new_rows", "summary", "files"}.
+
+    Samples of one codec, task and length run as left-padded batches (`greedy_generate_batch`).
+    A sample stops at EOS, at its budget, or once its prediction contains every reference: the
+    score (string_match_all over the prediction) can no longer change then."""
     import torch
     from tqdm import tqdm
 
     from ..cache import OscarCache
-    from ..generation import greedy_generate
+    from ..generation import greedy_generate_batch
     from ..models import load
 
     model, tok = model_and_tokenizer or load(cfg.model, device=cfg.device)
     codec_objs = _codecs(cfg, model, tok, progress)
+    device = next(model.parameters()).device
+    encoders = _encoders(cfg, codec_objs, device)
+    if progress:
+        for name, e in encoders.items():
+            print(f"oscar-eval: {name} stores tokens with {'the Triton write_kv kernel' if e else 'its PyTorch encode'}",
+                  flush=True)
     out = Path(cfg.out)  # created only once the model and codecs are known good
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "ruler.jsonl"
     done = {r["id"] for r in read_rows(rows_path)}
     count = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"]))
-    # Sample-major order: a run stopped early (or resumed in slices) has the same number of samples
-    # in every task, length and codec, give or take one.
-    todo = [(c, t, n, i, None) for i in range(cfg.samples) for n in cfg.lengths for t in cfg.tasks
-            if t != "niah_grid" for c in cfg.codecs if _row_id(c, t, n, i) not in done]
-    todo += [(c, "niah_grid", n, i, dp) for i in range(cfg.samples) for n in cfg.lengths for dp in cfg.grid_depths
-             for c in cfg.codecs if _row_id(c, "niah_grid", n, i, dp) not in done]
+    # Sample-major order, in blocks of --batch samples: a run stopped early (or resumed in slices)
+    # has about the same number of samples in every task, length and codec.
+    blocks = range(0, cfg.samples, max(1, cfg.batch))
+    todo = [(c, t, n, i, None) for i0 in blocks for n in cfg.lengths for t in cfg.tasks if t != "niah_grid"
+            for c in cfg.codecs for i in range(i0, min(cfg.samples, i0 + cfg.batch))
+            if _row_id(c, t, n, i) not in done]
+    todo += [(c, "niah_grid", n, i, dp) for i0 in blocks for n in cfg.lengths for dp in cfg.grid_depths
+             for c in cfg.codecs for i in range(i0, min(cfg.samples, i0 + cfg.batch))
+             if _row_id(c, "niah_grid", n, i, dp) not in done]
     new = 0
     samples: dict[tuple, object] = {}
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    bar = tqdm(total=len(todo), desc="oscar-eval ruler", disable=not progress, unit="sample")
     with open(rows_path, "a", encoding="utf-8") as f:
-        for c, t, n, i, dp in tqdm(todo, desc="oscar-eval ruler", disable=not progress, unit="sample"):
-            if (t, n, i, dp) not in samples:
-                samples[(t, n, i, dp)] = (make_grid_sample(count, n, dp, seed=i) if t == "niah_grid"
-                                          else make_sample(t, count, n, seed=i))
-            s = samples[(t, n, i, dp)]
-            if c == cfg.codecs[-1]:
-                samples.pop((t, n, i, dp))  # every codec has seen this prompt
-            ids = torch.tensor(tok(s.prompt, add_special_tokens=True)["input_ids"])
+        for batch in _batches(todo, cfg):
+            c, t, n = batch[0][:3]
+            items = []
+            for _, _, _, i, dp in batch:
+                key = (t, n, i, dp)
+                if key not in samples:
+                    samples[key] = (make_grid_sample(count, n, dp, seed=i) if t == "niah_grid"
+                                    else make_sample(t, count, n, seed=i))
+                items.append(samples[key] if c != cfg.codecs[-1] else samples.pop(key))  # last codec: drop it
+            prompts = [torch.tensor(tok(s.prompt, add_special_tokens=True)["input_ids"]) for s in items]
+            refs = [s.references for s in items]
             t0 = time.perf_counter()
-            cache = OscarCache(codec_objs[c], prefill=PROTOCOLS[cfg.protocol])
-            gen = greedy_generate(model, ids, cache, s.max_new_tokens, prefill_chunk=cfg.prefill_chunk,
-                                  eos_token_id=tok.eos_token_id)
-            pred = tok.decode(gen, skip_special_tokens=True)
-            row = {"id": _row_id(c, t, n, i, dp), "codec": c, "task": t, "length": n, "sample": i, "depth": dp,
-                   "score": string_match_all(pred, s.references), "prediction": pred, "references": s.references,
-                   "prompt_tokens": int(ids.numel()), "seconds": round(time.perf_counter() - t0, 3),
-                   "protocol": cfg.protocol, "bits_per_element": codec_objs[c].bits_per_element(n)}
-            f.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line
+            cache = OscarCache(codec_objs[c], prefill=PROTOCOLS[cfg.protocol], encoder=encoders[c])
+            gen, why = greedy_generate_batch(
+                model, prompts, cache, max(s.max_new_tokens for s in items), prefill_chunk=cfg.prefill_chunk,
+                eos_token_id=tok.eos_token_id, pad_token_id=pad_id,
+                stop=lambda b, ids: (len(ids) >= items[b].max_new_tokens
+                                     or string_match_all(tok.decode(ids, skip_special_tokens=True), refs[b]) == 100.0))
+            seconds = (time.perf_counter() - t0) / len(batch)
+            del cache  # before the next batch builds its own (GBs at long context)
+            for (_, _, _, i, dp), s, ids, stop, p in zip(batch, items, gen, why, prompts):
+                pred = tok.decode(ids, skip_special_tokens=True)
+                score = string_match_all(pred, s.references)
+                stopped = ("references" if stop == "stop" and score == 100.0 else "budget" if stop == "stop" else stop)
+                row = {"id": _row_id(c, t, n, i, dp), "codec": c, "task": t, "length": n, "sample": i, "depth": dp,
+                       "score": score, "prediction": pred, "references": s.references,
+                       "prompt_tokens": int(p.numel()), "new_tokens": len(ids), "stopped": stopped,
+                       "batch": len(batch), "seconds": round(seconds, 3), "protocol": cfg.protocol,
+                       "encoder": encoders[c].name if encoders[c] else "codec",
+                       "bits_per_element": codec_objs[c].bits_per_element(n)}
+                f.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line
+                new += 1
             f.flush()
-            new += 1
+            bar.update(len(batch))
+    bar.close()
     wanted = set(cfg.tasks) | ({"niah_grid"} if cfg.grid_depths else set())
     rows = [r for r in read_rows(rows_path) if r["codec"] in cfg.codecs and r["task"] in wanted
             and r["length"] in cfg.lengths and r["sample"] < cfg.samples

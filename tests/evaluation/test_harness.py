@@ -143,3 +143,24 @@ def test_parallel_runs_merge_into_one_report(smollm2, tmp_path):
     (b / "ppl.json").write_text(json.dumps({"file": "w", "window": 1024, "codecs": {"int2": {"ppl": 30.0, "bits_per_element": 2.5}}}))
     with pytest.raises(ConfigError, match="other settings"):
         merge_runs([str(a), str(b)], str(tmp_path / "bad"))
+
+
+def test_batches_give_the_rows_of_single_samples(smollm2, tmp_path):
+    """--batch 3 (left-padded) writes the same scores and predictions as one sample at a time (the
+    first 40 characters: batched float32 matmuls round differently, which a long greedy run can
+    amplify), and a sample stops once its prediction holds every reference."""
+    rows = {}
+    for batch in (1, 3):
+        cfg = EvalConfig(model="smollm2-135m", out=str(tmp_path / str(batch)), codecs=["bf16", "kivi2"],
+                         tasks=["niah_single_1"], lengths=[400], samples=3, batch=batch,
+                         prefill_chunk=256)
+        assert run_ruler(cfg, progress=False, model_and_tokenizer=smollm2)["new_rows"] == 6
+        rows[batch] = {r["id"]: r for r in read_rows(tmp_path / str(batch) / "ruler.jsonl")}
+    assert rows[1].keys() == rows[3].keys()
+    assert {r["batch"] for r in rows[3].values()} == {3} and {r["batch"] for r in rows[1].values()} == {1}
+    for key, r in rows[1].items():
+        assert (rows[3][key]["prediction"][:40], rows[3][key]["score"]) == (r["prediction"][:40], r["score"]), key
+    for r in rows[3].values():
+        assert r["stopped"] in ("references", "eos", "budget") and r["new_tokens"] >= 1
+        assert (r["stopped"] == "references") == (r["score"] == 100.0 and r["new_tokens"] < 128)
+    assert any(r["stopped"] == "references" for r in rows[3].values())

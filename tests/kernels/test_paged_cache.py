@@ -73,3 +73,39 @@ def test_paged_cache_errors(tiny):
         model(input_ids=ids, past_key_values=cache, oscar_cache=cache, use_cache=True)
     with pytest.raises(ConfigError, match="oscar_cache=cache"), paged_attention_enabled(model):
         model(input_ids=ids[:, :4], past_key_values=PagedKVCache(codec, batch_size=1, max_tokens=8), use_cache=True)
+
+
+@torch.inference_mode()
+def test_kernel_encoder_stores_what_the_codec_stores(tiny):
+    """OscarCache with the Triton write_kv (KernelEncoder) = OscarCache with the codec's encode:
+    same decoded view over a left-padded batch (sinks in bf16, pads at position 0), logits alike."""
+    from oscar_cluster.kernels import KernelEncoder
+
+    model, codec = tiny
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[1, :5] = 0
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    caches = []
+    for encoder in (None, KernelEncoder(codec, "cpu")):
+        cache = OscarCache(codec, encoder=encoder)
+        cache.set_left_padding([0, 5])
+        logits = [model(input_ids=ids[:, :16], attention_mask=mask[:, :16], position_ids=pos[:, :16],
+                        past_key_values=cache, use_cache=True).logits]
+        logits.append(model(input_ids=ids[:, 16:], attention_mask=mask, position_ids=pos[:, 16:],
+                            past_key_values=cache, use_cache=True).logits)
+        caches.append((cache, torch.cat(logits, 1)))
+    (ref, ref_logits), (got, got_logits) = caches
+    for layer in (0, 1):
+        a, b = ref.layers[layer], got.layers[layer]
+        a.settle()
+        b.settle()
+        torch.testing.assert_close(b.view_k[:, :, :24], a.view_k[:, :, :24], atol=1e-4, rtol=0)
+        torch.testing.assert_close(b.view_v[:, :, :24], a.view_v[:, :, :24], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got_logits, ref_logits, atol=1e-3, rtol=0)
+    slot_bytes = KernelEncoder(codec, "cpu").tables(0).slot_bytes
+    assert got.stored_bytes() == 2 * (2 * 24 * 2 * slot_bytes + 2 * 2 * 2 * 32 * (4 + 4 + 5))  # slots + bf16 sinks
+    with pytest.raises(ConfigError, match="'oscar' codec"):
+        KernelEncoder(codecs.get("int2", head_dim=32), "cpu")
+    with pytest.raises(ConfigError, match="another codec object"):
+        OscarCache(codecs.get("int2", head_dim=32), encoder=KernelEncoder(codec, "cpu"))

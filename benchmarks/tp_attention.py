@@ -198,7 +198,12 @@ def main() -> None:
         if p.exitcode:
             raise SystemExit(f"rank process exited with {p.exitcode}")
     rows = res["rows"]
-    ok = all(r["pages_equal"] for r in rows) and max(r["rel_err_gathered_vs_reference"] for r in rows) < 1e-2
+    # TP is right when every rank's pages are the single GPU's, byte for byte, and the gathered output
+    # is the single GPU's up to float summation order; how close the kernel itself comes to the
+    # float64 reference is the same number for both (reported, checked separately)
+    tp_equal = all(r["pages_equal"] for r in rows) and max(r["max_abs_diff_gathered_vs_single"] for r in rows) < 1e-4
+    kernel_close = max(r["rel_err_single_vs_reference"] for r in rows) < 1e-2
+    ok = tp_equal and kernel_close
     doc = {
         "benchmark": f"tensor-parallel OSCAR attention, TP={args.world}: per-rank shard_tables + kernels, NCCL all-gather",
         "artifact": str(args.artifact), "q_heads": args.q_heads, "layers": res["layers"], "block_size": args.block,
@@ -207,7 +212,7 @@ def main() -> None:
         "max_abs_diff_gathered_vs_single": max(r["max_abs_diff_gathered_vs_single"] for r in rows),
         "max_rel_err_gathered_vs_reference": max(r["rel_err_gathered_vs_reference"] for r in rows),
         "max_rel_err_single_vs_reference": max(r["rel_err_single_vs_reference"] for r in rows),
-        "passed": ok,
+        "tp_equals_single": tp_equal, "kernel_within_1pct_of_reference": kernel_close, "passed": ok,
         "decode_timing": {"context": args.ctx, "batch": args.batch, **res["timing"]},
         "gpu": ["cpu"] if args.cpu else [torch.cuda.get_device_name(i) for i in range(args.world)],
         "versions": {"torch": torch.__version__, "triton": __import__("triton").__version__,

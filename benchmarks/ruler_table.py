@@ -1,0 +1,64 @@
+"""Paired RULER table from an oscar-eval ruler.jsonl: per task and length, each codec against bf16 on
+the samples both ran (same prompts), the 8-needle mean and its ratio to bf16, and the median seconds
+per sample. Writes JSON (and prints a markdown table).
+
+    python benchmarks/ruler_table.py benchmarks/results/quality/ruler.jsonl --out benchmarks/results/quality/paired.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from oscar_cluster.evaluation.harness import read_rows  # noqa: E402
+from oscar_cluster.evaluation.ruler import NIAH_TASKS  # noqa: E402
+
+from _record import write_result  # noqa: E402
+
+
+def paired(rows: list[dict], base: str = "bf16") -> list[dict]:
+    by = defaultdict(dict)
+    for r in rows:
+        by[(r["task"], r["length"], r["sample"], r.get("depth"))][r["codec"]] = r
+    out = []
+    codecs = sorted({r["codec"] for r in rows} - {base})
+    for c in codecs:
+        for n in sorted({r["length"] for r in rows}):
+            keys = [k for k, v in by.items() if k[1] == n and c in v and base in v]
+            for task in sorted({k[0] for k in keys}) + ["niah_mean"]:
+                ks = [k for k in keys if (k[0] in NIAH_TASKS if task == "niah_mean" else k[0] == task)]
+                if not ks:
+                    continue
+                sc = statistics.fmean(by[k][c]["score"] for k in ks)
+                sb = statistics.fmean(by[k][base]["score"] for k in ks)
+                out.append({"codec": c, "task": task, "length": n, "samples": len(ks), "score": round(sc, 2),
+                            "bf16": round(sb, 2), "ratio": round(sc / sb, 4) if sb else None,
+                            "tasks": len({k[0] for k in ks})})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rows")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    rows = read_rows(Path(args.rows))
+    table = paired(rows)
+    speed = {f"{c}@{n}": {"median_seconds_per_sample": statistics.median(s), "rows": len(s)}
+             for c in sorted({r["codec"] for r in rows}) for n in sorted({r["length"] for r in rows})
+             if (s := [r["seconds"] for r in rows if r["codec"] == c and r["length"] == n])}
+    write_result(args.out, {"source": args.rows, "rows": len(rows), "paired_vs_bf16": table, "speed": speed,
+                            "command": "python benchmarks/ruler_table.py " + " ".join(sys.argv[1:])})
+    print("| codec | length | task | samples | codec score | bf16 score | ratio |\n|---|---|---|---|---|---|---|")
+    for t in table:
+        print(f"| {t['codec']} | {t['length'] // 1024}K | {t['task']} | {t['samples']} | {t['score']:.1f} | "
+              f"{t['bf16']:.1f} | {t['ratio'] if t['ratio'] is not None else '-'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,10 @@
 """The RULER part of `oscar-eval`: every codec on the same model, prompts and seeds; per-sample JSONL
 (resumable), per codec/task/length summaries (JSON, CSV) and a score-vs-length plot.
 
-Protocols: "chunked" (serving-faithful: the prompt is prefilled in chunks, each attending to the
-earlier chunks through the codec) or "bf16-prefill" (the prompt in bf16, the codec from the first
-decode step). Sample i of a task and length uses seed i for every codec.
+Protocols: "chunked" (serving-faithful: the prompt is prefilled in chunks of --prefill-chunk tokens,
+aligned to the prompt's end, each attending to the earlier chunks through the codec) or
+"bf16-prefill" (the prompt in bf16, the codec from the first decode step). Sample i of a task and
+length uses seed i for every codec. Samples run in left-padded batches, each item stored as alone.
 """
 
 from __future__ import annotations
@@ -286,6 +287,7 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
                        "score": score, "prediction": pred, "references": s.references,
                        "prompt_tokens": int(p.numel()), "new_tokens": len(ids), "stopped": stopped,
                        "batch": len(batch), "seconds": round(seconds, 3), "protocol": cfg.protocol,
+                       "chunk": cfg.prefill_chunk, "chunk_align": "end",
                        "encoder": encoders[c].name if encoders[c] else "codec",
                        "bits_per_element": codec_objs[c].bits_per_element(n)}
                 f.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line

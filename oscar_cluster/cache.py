@@ -142,8 +142,8 @@ class OscarLayer(DynamicLayer):
             lo = self.stored[b]
             n = (self.n_seen - lo - recent) // g * g
             if n > 0:
-                self._store(slice(b, b + 1), lo, n, torch.arange(lo - self.pads[b], lo - self.pads[b] + n,
-                                                                  device=self.view_k.device))
+                pos = self.owner.positions(lo, n, self.view_k.device).expand(B, n)[b]  # [n]
+                self._store(slice(b, b + 1), lo, n, pos)
                 self.stored[b] = lo + n
 
     def _store(self, items: slice, lo: int, n: int, pos: torch.Tensor) -> None:

@@ -63,8 +63,9 @@ def greedy_generate_batch(model, prompts: list[torch.Tensor], cache, max_new_tok
     Prefill chunks are aligned to the end of the prompts (the last chunk ends with them), so item b
     sees exactly what `greedy_generate(..., chunk_align="end")` shows it alone: its pads are masked,
     its positions start at 0, its chunks are the same tokens, and its tokens are stored at the same
-    positions (codecs without token groups store the pads too; they are never attended). Returns (generated ids per item, why each stopped: "eos" | "stop" |
-    "budget"); an item's ids end at its stop (the EOS included)."""
+    positions (codecs without token groups store the pads too; they are never attended).
+    Returns (generated ids per item, why each stopped: "eos" | "stop" | "budget"); an item's ids
+    end at its stop (the EOS included)."""
     if not prompts or any(p.numel() == 0 for p in prompts):
         raise ValueError("greedy_generate_batch needs at least one non-empty prompt")
     if not hasattr(cache, "set_left_padding"):

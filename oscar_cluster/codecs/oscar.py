@@ -113,6 +113,7 @@ class OscarCodec(Codec):
         scale_iters: int = 2,
         key_mean: str = "rope",
         key_weighting: str = "attention",
+        key_weight: float = 1.0,
     ):
         super().__init__(sinks=sinks, recent=recent, head_dim=head_dim)
         if levels not in ("lloyd", "uniform"):
@@ -140,6 +141,9 @@ class OscarCodec(Codec):
         if key_weighting not in ("attention", "none"):
             raise ConfigError(f"oscar: key_weighting must be 'attention' or 'none', got {key_weighting!r}")
         self.key_weighting = key_weighting
+        if not key_weight > 0:
+            raise ConfigError(f"oscar: key_weight must be > 0 (1 = the derived importances), got {key_weight}")
+        self.key_weight = float(key_weight)
         self.layers: dict[int, dict[str, LayerCodebook]] = {}
         self._tables = {b: gaussian_levels(b, levels) for b in range(1, MAX_BITS + 1)}
 
@@ -148,7 +152,7 @@ class OscarCodec(Codec):
                 "levels": self.levels, "ridge": self.ridge, "whiten": self.whiten, "waterfill": self.waterfill,
                 "value_transform": self.value_transform, "value_weighting": self.value_weighting,
                 "target_context": self.target_context, "scale_iters": self.scale_iters,
-                "key_mean": self.key_mean, "key_weighting": self.key_weighting}
+                "key_mean": self.key_mean, "key_weighting": self.key_weighting, "key_weight": self.key_weight}
 
     # ----- fitting ---------------------------------------------------------------------------
     def _fit(self, stats) -> None:
@@ -205,7 +209,9 @@ class OscarCodec(Codec):
             vt.mean = torch.einsum("hij,hj->hi", P, v_mean.double())
             vt.mu = torch.gather(var, -1, order)
         # Importances in output-error units (see DESIGN.md section 3): keys mu * G * g / d, values mu * a2.
-        k_imp = (kt.mu * (G * st.g / d)[:, None]).sum(0)
+        # key_weight (ablation, default 1) scales the keys' importances before water-filling: above 1
+        # keys win bits from values, for tasks where logit errors cost more than the output metric says
+        k_imp = (kt.mu * (G * st.g / d)[:, None]).sum(0) * self.key_weight
         v_imp = (vt.mu * st.a2[:, None]).sum(0)
         budget = int(round(self.mean_bits * 2 * d))
         if self.waterfill:

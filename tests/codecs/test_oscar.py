@@ -156,7 +156,18 @@ def test_ablations_fit_and_encode(opts):
         assert (y - x).pow(2).mean() < x.pow(2).mean()
 
 
-@pytest.mark.parametrize("bad", [{"segment_width": 4}, {"levels": "nf4"}, {"mean_bits": 0}, {"key_mean": "x"}])
+def test_key_weight_moves_bits_from_values_to_keys_at_the_same_budget():
+    stats, _ = _stats(64, layers=1, seeds=(0,))
+    plain = codecs.get("oscar").fit(stats).codebook(0, "k"), codecs.get("oscar").fit(stats).codebook(0, "v")
+    keyed = codecs.get("oscar", key_weight=4.0).fit(stats)
+    k, v = keyed.codebook(0, "k"), keyed.codebook(0, "v")
+    assert int(k.bits.sum() + v.bits.sum()) == int(plain[0].bits.sum() + plain[1].bits.sum())
+    assert int(k.bits.sum()) > int(plain[0].bits.sum())
+    assert codecs.get("oscar", key_weight=4.0).options()["key_weight"] == 4.0
+
+
+@pytest.mark.parametrize("bad", [{"segment_width": 4}, {"levels": "nf4"}, {"mean_bits": 0}, {"key_mean": "x"},
+                                 {"key_weight": 0}])
 def test_bad_options(bad):
     with pytest.raises(ConfigError):
         codecs.get("oscar", **bad)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# After gpu_ablations.sh: GPU 0 fits the combined oscar variant (the best calibration text with every
+# knob that beat the baseline, within 2.25 true bits at 8K; needle_ablations.py --combine) and runs
+# it on the hard tasks; GPU 1 meanwhile runs bf16 on all 8 needle tasks at 32K. Then both run the
+# combined artifact on the 8 needle tasks at 8K and 32K (50 samples), split by task, until the
+# deadline (seconds from now). Resumable, like gpu_ruler.sh; rows under /tmp/ruler, merged into $OUT/ruler.
+#   bash benchmarks/gpu_combined.sh 560
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
+REPO=$(pwd)
+DEADLINE=$(( $(date +%s) + ${1:-560} - 20 ))
+M=qwen2.5-coder-1.5b
+ART=/tmp/abl/gpu0/artifacts/vcombined
+A=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1
+B=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
+ENC=${ENCODER:-codec}
+mkdir -p /tmp/ruler $OUT/ablations
+cd /tmp
+stage() {  # gpu codecs tasks ctx samples
+  local left=$(( DEADLINE - $(date +%s) )); [ $left -gt 30 ] || return 0
+  local art=(); [[ ",$2," == *,oscar,* ]] && art=(--artifact "oscar=$ART")
+  CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $left python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
+    --codecs $2 --tasks $3 --ctx $4 --samples $5 --prefill-chunk 2048 --batch 64 --batch-tokens 262144 \
+    --encoder $ENC "${art[@]}" --out /tmp/ruler/gpu$1 --quiet >> /tmp/ruler/gpu$1.log 2>&1
+  echo "gpu$1 stage $2|$3|$4|$5 -> rc $? at $(date +%T)" >> /tmp/ruler/gpu$1.log
+}
+( stage 1 bf16 $A,$B 32k 50; while [ ! -f $ART/variant.json ] && [ $(date +%s) -lt $DEADLINE ]; do sleep 5; done
+  stage 1 oscar $B 32k 50 ) &
+p1=$!
+if [ ! -f /tmp/abl/combined.json ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout -s TERM $(( DEADLINE - $(date +%s) )) python3 $REPO/benchmarks/needle_ablations.py \
+    --model $M --device cuda --ctx 8192 --samples 50 --batch 64 --prefill-chunk 2048 --encoder $ENC \
+    --tasks niah_multikey_2,niah_multikey_3,niah_multivalue --python-docs /tmp/pydocs --variants "" \
+    --combine /tmp/abl/gpu0.json,/tmp/abl/gpu1.json --work /tmp/abl/gpu0 --out /tmp/abl/combined.json \
+    > /tmp/abl/combined.log 2>&1
+fi
+grep -E "^v|Error|error" /tmp/abl/combined.log | tail -n 5
+cp /tmp/abl/combined.json /tmp/abl/combined.log $ART/variant.json $OUT/ablations/ 2>/dev/null
+stage 0 oscar $A,$B 8k 50
+stage 0 oscar $A 32k 50
+wait $p1
+tail -n 4 /tmp/ruler/gpu0.log /tmp/ruler/gpu1.log
+python3 -m oscar_cluster.evaluation.cli --merge /tmp/ruler/gpu0,/tmp/ruler/gpu1 --out $OUT/ruler
+python3 $REPO/benchmarks/ruler_table.py $OUT/ruler/ruler.jsonl --out $OUT/ruler/paired-new.json 2>&1 | tail -n 30

@@ -9,7 +9,7 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test test-vllm install venv-vllm clean
+.PHONY: demo test test-vllm install venv-vllm python-docs clean
 
 $(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-vllm: $(VLLM_STAMP)
 	@echo "== vLLM plugin tests in $(VLLM_VENV) (engine runs of SmolLM2 on the CPU build of vLLM, about 3 min)"
 	$(VLLM_VENV)/bin/oscar-models fetch smollm2-135m
 	OSCAR_VLLM_TESTS=1 $(VLLM_PY) -m pytest -q -ra tests/vllm
+
+# Python 3.11's library docs as calibration text (Debian python3.11-doc, sha256-checked; needs apt-get):
+# oscar-calibrate ... --data runs/python-docs/*.rst.txt
+python-docs:
+	bash benchmarks/fetch_python_docs.sh runs/python-docs
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs build *.egg-info

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # After gpu_ablations.sh: GPU 0 fits the combined oscar variant (the best calibration text with every
-# knob that beat the baseline, within 2.25 true bits at 8K; needle_ablations.py --combine) and runs
+# knob that beat the knob-free variant of its text, within 2.25 true bits at 8K, from this machine's
+# rows and the committed quality/ablations-qwen-8k-h200.json; needle_ablations.py --combine) and runs
 # it on the hard tasks; GPU 1 meanwhile runs bf16 on all 8 needle tasks at 32K. Then both run the
 # combined artifact on the 8 needle tasks at 8K and 32K (50 samples), split by task, until the
 # deadline (seconds from now). Resumable, like gpu_ruler.sh; rows under /tmp/ruler, merged into $OUT/ruler.
@@ -31,7 +32,7 @@ if [ ! -f /tmp/abl/combined.json ]; then
   CUDA_VISIBLE_DEVICES=0 timeout -s TERM $(( DEADLINE - $(date +%s) )) python3 $REPO/benchmarks/needle_ablations.py \
     --model $M --device cuda --ctx 8192 --samples 50 --batch 64 --prefill-chunk 2048 --encoder $ENC \
     --tasks niah_multikey_2,niah_multikey_3,niah_multivalue --python-docs /tmp/pydocs --variants "" \
-    --combine /tmp/abl/gpu0.json,/tmp/abl/gpu1.json --work /tmp/abl/gpu0 --out /tmp/abl/combined.json \
+    --combine $REPO/benchmarks/results/quality/ablations-qwen-8k-h200.json,/tmp/abl/gpu0.json,/tmp/abl/gpu1.json --work /tmp/abl/gpu0 --out /tmp/abl/combined.json \
     > /tmp/abl/combined.log 2>&1
 fi
 grep -E "^v|Error|error" /tmp/abl/combined.log | tail -n 5

@@ -45,6 +45,9 @@ VARIANTS = {
     "oscar, 32k tokens, uniform levels": ("shakespeare", 32768, {"levels": "uniform"}),
     "oscar, 32k tokens, 16 sinks": ("shakespeare", 32768, {"sinks": 16}),
     "oscar, 128k mixed tokens": ("mixed", 131072, {}),
+    "oscar, 32k python-docs tokens, key importance x2": ("python-docs", 32768, {"key_weight": 2.0}),
+    "oscar, 32k python-docs tokens, key importance x4": ("python-docs", 32768, {"key_weight": 4.0}),
+    "oscar, 32k python-docs tokens, recent 32 in bf16": ("python-docs", 32768, {"recent": 32}),
 }
 
 
@@ -68,19 +71,18 @@ def corpus_files(name: str, python_docs: str | None) -> list[Path]:
 
 def combined_variant(rows: list[dict]) -> tuple[str, str, int, dict]:
     """From ablation rows (needle_ablations.py JSON): the calibration text and length of the best
-    knob-free variant, with every knob of a 32k-Shakespeare variant that beat variant 2 (same
-    text and length, no knob), one value per knob (its best). Options carry "_order": the knobs
-    from most to least gain, so the caller can drop the least useful bit-costing ones."""
-    by = {r["index"]: r for r in rows}
-    if 2 not in by:
-        raise SystemExit("--combine needs variant 2 (the baseline) among the earlier rows")
-    base = by[2]["ratio"]
-    plain = [r for r in rows if not r["options"]]
-    best = max(plain, key=lambda r: r["ratio"])
+    knob-free variant, with every single knob that beat the knob-free variant of its own text and
+    length, one value per knob (its best gain). Options carry "_order": the knobs from most to
+    least gain, so the caller can drop the least useful bit-costing ones."""
+    plain = {(r["corpus"], r["calibration_tokens"]): r for r in rows if not r["options"]}
+    if not plain:
+        raise SystemExit("--combine needs at least one knob-free variant (e.g. 2 or 11) among the earlier rows")
+    best = max(plain.values(), key=lambda r: r["ratio"])
     knobs: dict[str, tuple[float, object]] = {}
     for r in rows:
-        if r["corpus"] == "shakespeare" and r["calibration_tokens"] == 32768 and len(r["options"]) == 1:
-            (k, v), gain = next(iter(r["options"].items())), r["ratio"] - base
+        base = plain.get((r["corpus"], r["calibration_tokens"]))
+        if base is not None and len(r["options"]) == 1:
+            (k, v), gain = next(iter(r["options"].items())), r["ratio"] - base["ratio"]
             if gain > 0 and (k not in knobs or gain > knobs[k][0]):
                 knobs[k] = (gain, v)
     order = sorted(knobs, key=lambda k: -knobs[k][0])
@@ -106,6 +108,8 @@ def main() -> None:
                     help="result JSONs of earlier runs (comma-separated): also run their best calibration text "
                          "with every knob that beat the baseline (variant 2), within --max-bits")
     ap.add_argument("--max-bits", type=float, default=2.25, help="true bits per element at --ctx for --combine")
+    ap.add_argument("--fit-only", action="store_true",
+                    help="fit (or find) the variants' artifacts under --work, print the seconds each took, and exit")
     ap.add_argument("--work", default="runs/needle-ablations")
     ap.add_argument("--out", required=False)
     args = ap.parse_args()
@@ -138,8 +142,9 @@ def main() -> None:
     common = dict(model=args.model, tasks=tasks, lengths=[args.ctx], samples=args.samples, batch=args.batch,
                   prefill_chunk=args.prefill_chunk, device=args.device)
     t0 = time.perf_counter()
-    run_ruler(EvalConfig(out=str(work / "bf16"), codecs=["bf16"], **common), model_and_tokenizer=(model, tok))
-    base_rows = read_rows(work / "bf16" / "ruler.jsonl")
+    if not args.fit_only:
+        run_ruler(EvalConfig(out=str(work / "bf16"), codecs=["bf16"], **common), model_and_tokenizer=(model, tok))
+    base_rows = [] if args.fit_only else read_rows(work / "bf16" / "ruler.jsonl")
     base = {(r["task"], r["sample"]): r["score"] for r in base_rows}
     stats_cache: dict[tuple[str, int], list] = {}
     rows = []
@@ -179,6 +184,9 @@ def main() -> None:
             meta = json.loads((art / "variant.json").read_text()) if (art / "variant.json").exists() else {}
             name, opts = meta.get("variant", name), meta.get("options", {k: v for k, v in opts.items()
                                                                            if k != "_order"})
+        if args.fit_only:
+            print(f"v{idx} {name}: artifact {art} in {time.perf_counter() - t_var:.1f} s", flush=True)
+            continue
         codec = load_artifact(art, model=model)
         out = work / f"v{idx}"
         run_ruler(EvalConfig(out=str(out), codecs=["oscar"], artifacts={"oscar": str(art)}, encoder=args.encoder,

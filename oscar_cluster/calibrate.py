@@ -47,6 +47,9 @@ class CalibrationConfig:
             raise ConfigError(f"target_context must be positive, got {self.target_context}")
         if self.codec not in codecs.names():
             raise ConfigError(f"unknown codec {self.codec!r}; valid names: {', '.join(codecs.names())}")
+        # options are checked here, before any model or text is loaded: the codec's constructor
+        # names a bad option or value
+        codecs.get(self.codec, **codec_options(self, None)[0])
 
 
 def codec_options(cfg: CalibrationConfig, max_position_embeddings: int | None) -> tuple[dict, int]:

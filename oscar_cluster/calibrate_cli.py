@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sinks", type=int, default=4, help="first positions kept in bf16 and left out of statistics")
     p.add_argument("--target-context", type=int, default=None, help="context to average RoPE statistics to "
                    "(default: the model's maximum)")
+    p.add_argument("--mean-bits", type=float, default=2.0, help="oscar: mean code bits per element before "
+                   "scales and bf16 tokens (default 2.0; true cost adds 32 bits of scales per token and head)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a codec option, repeatable (YAML value), e.g. --option key_weight=2 --option levels=uniform")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     p.add_argument("--device", default="cpu", help="device of the in-process path: cpu or cuda (default cpu)")
     ray = p.add_argument_group("Ray (distributed calibration; used when --address is given)")
@@ -52,13 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_options(items: list[str]) -> dict:
+    """["key=value", ...] -> {key: YAML value}; a malformed item is a ConfigError naming it."""
+    import yaml
+
+    from .errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option key_weight=2")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--option {item!r}: the value is not valid YAML ({e.__class__.__name__})") from None
+    return out
+
+
 def _run(args) -> tuple[dict, str]:
     """(record for --format json, text summary)."""
     from .calibrate import CalibrationConfig, calibrate
 
     cfg = CalibrationConfig(model=args.model, out=args.out, data=tuple(args.data), codec=args.codec,
                             max_tokens=args.max_tokens, seq_len=args.seq_len, sinks=args.sinks,
-                            target_context=args.target_context, overwrite=args.overwrite, device=args.device)
+                            target_context=args.target_context, overwrite=args.overwrite, device=args.device,
+                            mean_bits=args.mean_bits, codec_options=parse_options(args.option))
     if args.address is None:
         path, record = calibrate(cfg, progress=not args.quiet)
         text = (f"artifact: {path}\ntokens: {record['tokens']}  target context: {record['target_context']}  "

@@ -55,3 +55,35 @@ def test_missing_and_empty_files_are_clear_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["--codec", "int3", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "oscar-paper" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_mean_bits_and_codec_options_reach_the_artifact(tmp_path, capsys, smollm2):
+    plain, keyed = tmp_path / "plain", tmp_path / "keyed"
+    common = ["--max-tokens", "1536", "--seq-len", "768", "--format", "json", "--quiet"]
+    assert main(["--out", str(plain), *common]) == 0
+    capsys.readouterr()
+    assert main(["--out", str(keyed), "--mean-bits", "2.5", "--option", "key_weight=4", "--option",
+                 "levels=uniform", *common]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["config"]["mean_bits"] == 2.5
+    assert record["config"]["codec_options"] == {"key_weight": 4, "levels": "uniform"}
+    a, b = load_artifact(plain), load_artifact(keyed)
+    assert b.options()["key_weight"] == 4.0 and b.levels == "uniform" and b.mean_bits == 2.5
+    # half a bit more per element, and the keys' share of it larger than water-filling alone gives
+    assert b.bits_per_element(32768) == pytest.approx(a.bits_per_element(32768) + 0.5, abs=0.02)
+    k_share = [float(c.codebook(0, "k").bits.sum()) / float(c.codebook(0, "k").bits.sum() + c.codebook(0, "v").bits.sum())
+               for c in (a, b)]
+    assert k_share[1] > k_share[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--option", "key_weight"], "KEY=VALUE"),
+    (["--option", "key_wieght=2"], "key_wieght"),
+    (["--option", "levels=nf4"], "levels"),
+    (["--mean-bits", "0"], "mean_bits"),
+])
+def test_bad_codec_options_fail_before_any_model_loads(tmp_path, capsys, args, says):
+    assert main(["--out", str(tmp_path / "a"), "--quiet", *args]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

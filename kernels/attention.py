@@ -90,12 +90,32 @@ def _scale(ptr, ok):
 
 @triton.jit
 def _mm(a, b, LOWP: tl.constexpr):
-    """a @ b with float32 accumulation: bf16 operands on the GPU (as any bf16 attention kernel),
-    exact float32 in the CPU interpreter (which has no bf16 matrix product)."""
-    if LOWP:
+    """a @ b with float32 accumulation. LOWP 1: bf16 operands on the tensor cores (as any bf16
+    attention kernel); 0: exact float32 (ieee); 2: operands rounded to bf16, then an exact float32
+    product: what 1 computes, up to summation order, where there is no bf16 matrix product (the CPU
+    interpreter), so tests can measure the bf16 path's error."""
+    if LOWP == 1:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif LOWP == 2:
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def _mm_split(a, b, LOWP: tl.constexpr):
+    """a @ b to about float32 accuracy from three bf16 products (a = a_hi + a_lo, b likewise; the
+    a_lo b_lo term is below float32's rounding). For the RoPE-mean term, which carries the keys'
+    constant offset: 58x their varying part in Qwen2.5's layer 0, where one bf16 product cost 3.6%
+    of the attention output (benchmarks/results/tp-attention-h200x2.json)."""
+    if LOWP == 0:
+        return _mm(a, b, 0)
+    else:
+        a_hi = a.to(tl.bfloat16).to(tl.float32)
+        b_hi = b.to(tl.bfloat16).to(tl.float32)
+        a_lo = a.to(tl.float32) - a_hi
+        b_lo = b.to(tl.float32) - b_hi
+        return _mm(a_hi, b_hi, LOWP) + (_mm(a_hi, b_lo, LOWP) + _mm(a_lo, b_hi, LOWP))
 
 
 @triton.jit
@@ -245,8 +265,8 @@ def _attn_kernel(
                 s0 = tl.sin(ang)
                 cn = tl.load(cn_ptr + n[:, None] * HALF + i[None, :])
                 sn = tl.load(sn_ptr + n[:, None] * HALF + i[None, :])
-                s += _mm(ra * c0[None, :] + rb * s0[None, :], tl.trans(cn), LOWP)
-                s += _mm(rb * c0[None, :] - ra * s0[None, :], tl.trans(sn), LOWP)
+                s += _mm_split(ra * c0[None, :] + rb * s0[None, :], tl.trans(cn), LOWP)
+                s += _mm_split(rb * c0[None, :] - ra * s0[None, :], tl.trans(sn), LOWP)
             s = tl.where(ok[None, :], s, float("-inf"))
             p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
             pv = p * _scale(base + vs_off, ok)[None, :]
@@ -329,6 +349,15 @@ def _group_args(groups) -> dict:
     return {**group_constexprs("K", groups[0]), **group_constexprs("V", groups[1])}
 
 
+def _lowp(operand_precision: str | None, device: torch.device) -> int:
+    """The kernels' LOWP mode (see `_mm`): bf16 operands by default on the GPU, float32 elsewhere;
+    bf16 asked for off the GPU is emulated (operands rounded to bf16)."""
+    precision = operand_precision or ("bf16" if device.type == "cuda" else "fp32")
+    if precision == "fp32":
+        return 0
+    return 1 if device.type == "cuda" else 2
+
+
 def _default_splits(batch: int, kv_heads: int, tiles: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -354,8 +383,11 @@ def _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D):
 
 def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed, cache=None, k_cache=None,
             v_cache=None, tables=None, sink_k=None, sink_v=None, num_splits=None, max_q_len=None,
-            max_prefix=None, block_n=None, block_q=None, poison=False, num_warps=None, stats=None):
+            max_prefix=None, block_n=None, block_q=None, poison=False, num_warps=None, stats=None,
+            operand_precision=None):
     H, D = k_new.shape[1], k_new.shape[2]
+    if operand_precision not in (None, "bf16", "fp32"):
+        raise ConfigError(f"operand_precision must be 'bf16' or 'fp32', got {operand_precision!r}")
     Tq, B = _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D)
     Hq = q.shape[1]
     G = Hq // H
@@ -423,7 +455,7 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), SPLIT=num_splits > 1,
         HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed,
         **_group_args(groups),
-        LOWP=dev.type != "cpu", **launch,
+        LOWP=_lowp(operand_precision, dev), **launch,
     )
     if stats is not None:  # benchmarks: registers and spills of the compiled kernel
         stats.update(n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None),
@@ -455,7 +487,9 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     the fresh tokens; sink_k, sink_v: [batch, sinks, kv_heads, d] bf16 (the first positions).
     Optional: num_splits, max_q_len, max_prefix (ints; pass them to avoid a device sync), block_n,
     block_q, num_warps, poison (fill scratch with NaN first; for tests), stats (a dict to receive the
-    compiled kernel's registers and spills).
+    compiled kernel's registers and spills), operand_precision ("bf16", the default on CUDA: matrix
+    operands in bf16 with float32 accumulation, the RoPE-mean term to float32 accuracy; "fp32",
+    the default elsewhere: exact float32; "bf16" off the GPU emulates the GPU's rounding).
     Returns [tokens, q_heads, d] in q's dtype."""
     check_cache(cache, tables)
     B = prefix_lens.shape[0]

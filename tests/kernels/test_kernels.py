@@ -184,3 +184,64 @@ def test_bad_inputs_are_named():
         paged_attention(torch.randn(1, 4, 64), k[:1], k[:1], cache, torch.zeros(1, 2, dtype=torch.int32),
                         torch.tensor([5], dtype=torch.int32), cu, torch.zeros(1, 2, 2, 64), torch.zeros(1, 2, 2, 64),
                         tb, 0.125)
+
+
+def _offset_layer(d, H, Hq, ratio, g, n=384):
+    """A layer whose pre-RoPE keys carry a constant offset `ratio` times their varying part (Qwen2.5's
+    layer 0: 58x, benchmarks/results/key-offsets-*.json), fitted with the RoPE-aware key mean."""
+    from oscar_cluster.calibration import LayerStatistics
+    from oscar_cluster.rope import apply_rope
+
+    inv = 1e4 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    m = torch.randn(H, d, generator=g)
+    m = m / m.norm(dim=-1, keepdim=True) * ratio * d ** 0.5
+
+    def keys(pos):
+        return apply_rope(m + torch.randn(len(pos), H, d, generator=g), pos, inv)
+
+    pos = torch.arange(n)
+    q = torch.randn(n, Hq, d, generator=g) * 0.1
+    v = torch.randn(n, H, d, generator=g)
+    st = LayerStatistics.from_samples(q, keys(pos), v, torch.randn(32, Hq * d, generator=g) / d ** 0.5,
+                                      layer=0, sinks=4, inv_freq=inv)
+    return codecs.get("oscar", key_mean="rope").fit([st]), keys
+
+
+def test_bf16_operands_keep_a_large_rope_offset_within_1pct():
+    """On the GPU the matrix operands are bf16. A key offset 58x the varying part, carried by the
+    RoPE-mean term, then cost 3.6% of the output on Qwen2.5's layer 0; that term is now a split
+    (three bf16 products). Emulated here (operand_precision='bf16' rounds operands to bf16)."""
+    d, H, Hq, bs = 64, 1, 4, 16
+    g = torch.Generator().manual_seed(58)
+    codec, keys = _offset_layer(d, H, Hq, 58.0, g)
+    tb = layer_tables(codec, 0)
+    assert tb.has_rope_mean
+    prefix = [300, 77]
+    per_seq = -(-max(prefix) // bs)
+    nb = 2 * per_seq + 1
+    bt = torch.randperm(nb, generator=g)[: 2 * per_seq].reshape(2, per_seq).to(torch.int32)
+    cache = torch.full((nb, bs, H, tb.slot_bytes), POISON, dtype=torch.uint8)
+    sk = torch.zeros(2, tb.sinks, H, d, dtype=torch.bfloat16)
+    sv = sk.clone()
+    for b, P in enumerate(prefix):
+        pos = torch.arange(P)
+        k, v = keys(pos), torch.randn(P, H, d, generator=g)
+        write_kv(k, v, pos, bt[b, pos // bs].long() * bs + pos % bs, cache, tb)
+        sk[b], sv[b] = k[:tb.sinks].bfloat16(), v[:tb.sinks].bfloat16()
+    cu = torch.tensor([0, 1, 2], dtype=torch.int32)
+    pl = torch.tensor(prefix, dtype=torch.int32)
+    q = torch.randn(2, Hq, d, generator=g) * 0.1
+    kn = keys(pl.long())
+    vn = torch.randn(2, H, d, generator=g)
+    sm = d ** -0.5
+    want = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm).double()
+
+    def rel(x):
+        return float((x.double() - want).norm() / want.norm())
+
+    exact = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="fp32")
+    bf16 = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="bf16")
+    assert rel(exact) < 1e-4
+    assert rel(bf16) < 1e-2, f"bf16 operands: {rel(bf16):.3%} of the output"
+    with pytest.raises(ConfigError, match="operand_precision"):
+        paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="tf32")

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
-from .layout import LayerTables, group_constexprs
+from .layout import LayerTables, group_args
 from .write_kv import check_cache, read_slots
 
 __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_attention_bf16",
@@ -40,8 +40,7 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _group_levels(base, lev_ptr, ok, OFF: tl.constexpr, B: tl.constexpr, NSEG: tl.constexpr,
-                  NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr):
+def _group_levels(base, lev_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr):
     """Levels of one bit-width group: NSEG segments of 8 channels of B bits at byte OFF of each slot.
 
     A segment is B bytes, little-endian, channel i at bits [i B, i B + B) (the codec's run packing),
@@ -65,8 +64,7 @@ def _group_levels(base, lev_ptr, ok, OFF: tl.constexpr, B: tl.constexpr, NSEG: t
 
 
 @triton.jit
-def _group_query(qt_ptr, row, row_ok, D: tl.constexpr, C0: tl.constexpr, NSEG: tl.constexpr,
-                 NSEG_P2: tl.constexpr):
+def _group_query(qt_ptr, row, row_ok, D: tl.constexpr, C0, NSEG, NSEG_P2: tl.constexpr):
     """The query's channels [C0, C0 + 8 NSEG) of one group: [M, NSEG_P2 * 8] (padding 0)."""
     w = tl.arange(0, NSEG_P2 * 8)
     return tl.load(qt_ptr + row[:, None] * D + C0 + w[None, :], mask=row_ok[:, None] & (w[None, :] < 8 * NSEG),
@@ -74,8 +72,7 @@ def _group_query(qt_ptr, row, row_ok, D: tl.constexpr, C0: tl.constexpr, NSEG: t
 
 
 @triton.jit
-def _group_store(ptr, out, acc, row_ok, D: tl.constexpr, C0: tl.constexpr, NSEG: tl.constexpr,
-                 NSEG_P2: tl.constexpr):
+def _group_store(ptr, out, acc, row_ok, D: tl.constexpr, C0, NSEG, NSEG_P2: tl.constexpr):
     w = tl.arange(0, NSEG_P2 * 8)
     tl.store(ptr + out[:, None] * D + C0 + w[None, :], acc, mask=row_ok[:, None] & (w[None, :] < 8 * NSEG))
 
@@ -127,7 +124,9 @@ def _online_update(s, m_i, l_i):
     return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
 
 
-@triton.jit
+# the layout's counts are run-time values (see group_args); 1 and multiples of 16 would otherwise
+# each compile a variant of their own
+@triton.jit(do_not_specialize=["K4", "K3", "K2", "K1", "V4", "V3", "V2", "V1"])
 def _attn_kernel(
     qt_ptr, qo_ptr, cm_ptr,  # [Tq, Hq, D] q k_W, [Tq, Hq, D] q, [Tq, Hq] q.k_b; all times sm_scale*log2(e)
     rm_ptr, invf_ptr, cn_ptr, sn_ptr,  # [H, D] rope mean; [D/2] float64; [BLOCK_N, D/2] cos/sin(n w)
@@ -141,10 +140,9 @@ def _attn_kernel(
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, G_P2: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT: tl.constexpr, HAS_ROPE: tl.constexpr,
     PACKED: tl.constexpr, LOWP: tl.constexpr,
-    # bit layout of the layer: segments of 8 channels at 4, 3, 2, 1 bits (K then V), and the same
-    # rounded up to a power of two (at least 2) for the tile shapes
-    K4: tl.constexpr, K3: tl.constexpr, K2: tl.constexpr, K1: tl.constexpr,
-    V4: tl.constexpr, V3: tl.constexpr, V2: tl.constexpr, V1: tl.constexpr,
+    # bit layout of the layer: segments of 8 channels at 4, 3, 2, 1 bits (K then V; run-time), and
+    # the tile sizes (compiled in: the count rounded up to a power of two, at least 2; 1 = absent)
+    K4, K3, K2, K1, V4, V3, V2, V1,
     K4P: tl.constexpr, K3P: tl.constexpr, K2P: tl.constexpr, K1P: tl.constexpr,
     V4P: tl.constexpr, V3P: tl.constexpr, V2P: tl.constexpr, V1P: tl.constexpr,
 ):
@@ -202,28 +200,28 @@ def _attn_kernel(
     tile_lo = split * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
     # channel and byte offsets of the groups (K codes, then V codes)
-    KC3: tl.constexpr = 8 * K4
-    KC2: tl.constexpr = 8 * (K4 + K3)
-    KC1: tl.constexpr = 8 * (K4 + K3 + K2)
-    KO3: tl.constexpr = 4 * K4
-    KO2: tl.constexpr = 4 * K4 + 3 * K3
-    KO1: tl.constexpr = 4 * K4 + 3 * K3 + 2 * K2
-    VO4: tl.constexpr = 4 * K4 + 3 * K3 + 2 * K2 + K1
-    VC3: tl.constexpr = 8 * V4
-    VC2: tl.constexpr = 8 * (V4 + V3)
-    VC1: tl.constexpr = 8 * (V4 + V3 + V2)
-    VCODED: tl.constexpr = 8 * (V4 + V3 + V2 + V1)
-    VO3: tl.constexpr = VO4 + 4 * V4
-    VO2: tl.constexpr = VO4 + 4 * V4 + 3 * V3
-    VO1: tl.constexpr = VO4 + 4 * V4 + 3 * V3 + 2 * V2
+    KC3 = 8 * K4
+    KC2 = 8 * (K4 + K3)
+    KC1 = 8 * (K4 + K3 + K2)
+    KO3 = 4 * K4
+    KO2 = 4 * K4 + 3 * K3
+    KO1 = 4 * K4 + 3 * K3 + 2 * K2
+    VO4 = 4 * K4 + 3 * K3 + 2 * K2 + K1
+    VC3 = 8 * V4
+    VC2 = 8 * (V4 + V3)
+    VC1 = 8 * (V4 + V3 + V2)
+    VCODED = 8 * (V4 + V3 + V2 + V1)
+    VO3 = VO4 + 4 * V4
+    VO2 = VO4 + 4 * V4 + 3 * V3
+    VO1 = VO4 + 4 * V4 + 3 * V3 + 2 * V2
     if PACKED:
-        if K4 > 0:
+        if K4P > 1:
             q4 = _group_query(qt_ptr, row, row_ok, D, 0, K4, K4P)
-        if K3 > 0:
+        if K3P > 1:
             q3 = _group_query(qt_ptr, row, row_ok, D, KC3, K3, K3P)
-        if K2 > 0:
+        if K2P > 1:
             q2 = _group_query(qt_ptr, row, row_ok, D, KC2, K2, K2P)
-        if K1 > 0:
+        if K1P > 1:
             q1 = _group_query(qt_ptr, row, row_ok, D, KC1, K1, K1P)
         a4 = tl.zeros([BLOCK_M, 8 * V4P], tl.float32)
         a3 = tl.zeros([BLOCK_M, 8 * V3P], tl.float32)
@@ -249,13 +247,13 @@ def _attn_kernel(
             ok = in_seq & (t >= n_sinks)
             base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
             s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            if K4 > 0:
+            if K4P > 1:
                 s += _mm(q4, tl.trans(_group_levels(base, lev_ptr, ok, 0, 4, K4, K4P, BLOCK_N)), LOWP)
-            if K3 > 0:
+            if K3P > 1:
                 s += _mm(q3, tl.trans(_group_levels(base, lev_ptr, ok, KO3, 3, K3, K3P, BLOCK_N)), LOWP)
-            if K2 > 0:
+            if K2P > 1:
                 s += _mm(q2, tl.trans(_group_levels(base, lev_ptr, ok, KO2, 2, K2, K2P, BLOCK_N)), LOWP)
-            if K1 > 0:
+            if K1P > 1:
                 s += _mm(q1, tl.trans(_group_levels(base, lev_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
             s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
             if HAS_ROPE:
@@ -270,13 +268,13 @@ def _attn_kernel(
             s = tl.where(ok[None, :], s, float("-inf"))
             p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
             pv = p * _scale(base + vs_off, ok)[None, :]
-            if V4 > 0:
+            if V4P > 1:
                 a4 = a4 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO4, 4, V4, V4P, BLOCK_N), LOWP)
-            if V3 > 0:
+            if V3P > 1:
                 a3 = a3 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO3, 3, V3, V3P, BLOCK_N), LOWP)
-            if V2 > 0:
+            if V2P > 1:
                 a2 = a2 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO2, 2, V2, V2P, BLOCK_N), LOWP)
-            if V1 > 0:
+            if V1P > 1:
                 a1 = a1 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
             lq = lq * alpha + tl.sum(p, axis=1)
             acc_o = acc_o * alpha[:, None]
@@ -297,13 +295,13 @@ def _attn_kernel(
         tl.store(l_ptr + out, l_i, mask=row_ok)
     tl.store(acco_ptr + out[:, None] * D + d[None, :], acc_o * inv[:, None], mask=row_ok[:, None])
     if PACKED:  # the codec-space accumulator, group by group; channels without bits get 0
-        if V4 > 0:
+        if V4P > 1:
             _group_store(acct_ptr, out, a4 * inv[:, None], row_ok, D, 0, V4, V4P)
-        if V3 > 0:
+        if V3P > 1:
             _group_store(acct_ptr, out, a3 * inv[:, None], row_ok, D, VC3, V3, V3P)
-        if V2 > 0:
+        if V2P > 1:
             _group_store(acct_ptr, out, a2 * inv[:, None], row_ok, D, VC2, V2, V2P)
-        if V1 > 0:
+        if V1P > 1:
             _group_store(acct_ptr, out, a1 * inv[:, None], row_ok, D, VC1, V1, V1P)
         tl.store(acct_ptr + out[:, None] * D + d[None, :], tl.zeros([BLOCK_M, D], tl.float32),
                  mask=row_ok[:, None] & (d[None, :] >= VCODED))
@@ -345,8 +343,8 @@ def rope_tile_table(inv_freq: torch.Tensor, block_n: int, device) -> tuple[torch
 
 
 def _group_args(groups) -> dict:
-    """K and V layouts as the attention kernel's constexprs (K4..K1, V4..V1 and their tile sizes)."""
-    return {**group_constexprs("K", groups[0]), **group_constexprs("V", groups[1])}
+    """K and V layouts as the attention kernel's arguments (K4..K1, V4..V1 and their tile sizes)."""
+    return {**group_args("K", groups[0]), **group_args("V", groups[1])}
 
 
 def _lowp(operand_precision: str | None, device: torch.device) -> int:

@@ -16,8 +16,8 @@ The first `codec.sinks` positions of every sequence are kept in bf16 beside the 
 Codes come in bit-width groups: `oscar` orders channels by importance with non-increasing bits
 in segments of 8, so each width is one contiguous run of segments, and a segment of 8 channels at
 b bits is b bytes (little-endian, channel i at bits [i b, i b + b)). The kernels take the layout as
-compile-time segment counts per width (`groups`, `group_constexprs`): every load and shift is
-regular, and levels come from the symmetric level tables (`level_table`).
+segment counts per width (`groups`, `group_args`: run-time counts, compile-time tile sizes): every
+load and shift is regular, and levels come from the symmetric level tables (`level_table`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..codecs.quantizers import MAX_BITS
 from ..errors import ConfigError
 
 __all__ = ["SCALE_BYTES", "ChannelTable", "LayerTables", "slot_bytes_for", "layer_tables", "level_table",
-           "group_constexprs", "shard_tables"]
+           "group_args", "shard_tables"]
 
 SCALE_BYTES = 4  # fp16 K scale + fp16 V scale
 LEVELS_PER_ROW = 16  # 2**MAX_BITS entries per bit width in the level table
@@ -77,13 +77,15 @@ def _groups(bits: torch.Tensor, layer: int, kind: str) -> tuple[int, int, int, i
     return tuple(c // 8 for c in counts)
 
 
-def group_constexprs(prefix: str, counts) -> dict:
-    """Kernel constexprs for one kind's layout: {P4..P1: segments at 4..1 bits, P4P..P1P: the same
-    rounded up to a power of two, at least 2 (tile shapes)}."""
+def group_args(prefix: str, counts) -> dict:
+    """One kind's layout as kernel arguments: {P4..P1: segments at 4..1 bits (run-time ints), P4P..P1P:
+    tile sizes (constexprs): the count rounded up to a power of two, at least 2, or 1 for an absent
+    width}. Only the tile sizes are compiled in, so layers whose counts round alike share one
+    compiled kernel (Qwen2.5-1.5B's 28 layers had 56 write_kv variants when the counts were)."""
     out = {}
     for b, n in zip((4, 3, 2, 1), counts):
         out[f"{prefix}{b}"] = int(n)
-        out[f"{prefix}{b}P"] = max(2, 1 << max(int(n) - 1, 0).bit_length())
+        out[f"{prefix}{b}P"] = max(2, 1 << (int(n) - 1).bit_length()) if n > 0 else 1
     return out
 
 

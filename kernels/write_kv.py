@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
-from .layout import LayerTables, group_constexprs
+from .layout import LayerTables, group_args
 
 __all__ = ["write_kv", "write_kv_reference", "check_cache"]
 
@@ -28,8 +28,8 @@ MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; 
 
 
 @triton.jit
-def _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D: tl.constexpr, C0: tl.constexpr,
-             NSEG: tl.constexpr, NSEG_P2: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr):
+def _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D: tl.constexpr, C0, NSEG,
+             NSEG_P2: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr):
     """Normalized coordinates z = (T x - mean) / std of one group's channels [C0, C0 + 8 NSEG):
     -> (z [BT, NSEG_P2 * 8] (padding 0), std^2 [NSEG_P2 * 8] (padding 0))."""
     w = tl.arange(0, NSEG_P2 * 8)
@@ -75,8 +75,8 @@ def _group_ls(z, w2, scale, lev_ptr, B: tl.constexpr):
 
 
 @triton.jit
-def _group_pack(z, scale, lev_ptr, base, valid, OFF: tl.constexpr, B: tl.constexpr, NSEG: tl.constexpr,
-                NSEG_P2: tl.constexpr, BLOCK_T: tl.constexpr):
+def _group_pack(z, scale, lev_ptr, base, valid, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
+                BLOCK_T: tl.constexpr):
     """Quantize with the final scale and store the group's segments (B bytes per 8 channels)."""
     code, _ = _group_quantize(z / scale[:, None], lev_ptr, B)
     code = tl.reshape(code, [BLOCK_T, NSEG_P2, 8])
@@ -88,7 +88,9 @@ def _group_pack(z, scale, lev_ptr, base, valid, OFF: tl.constexpr, B: tl.constex
     tl.store(base[:, None, None] + OFF + seg[None, :, None] * B + byt[None, None, :], out.to(tl.uint8), mask=msk)
 
 
-@triton.jit
+# layout counts and offsets are run-time values (see group_args); 1 and multiples of 16 would
+# otherwise each compile a variant of their own
+@triton.jit(do_not_specialize=["OFF", "G4", "G3", "G2", "G1"])
 def _write_kind_kernel(
     x_ptr,  # [T, H, D] keys or values (any float dtype); already transformed when TRANSFORM is False
     pos_ptr,  # [T] int positions
@@ -98,9 +100,9 @@ def _write_kind_kernel(
     lev_ptr,  # [(MAX_BITS+1) * 16] level tables
     n_tokens, H, slot_bytes, scale_off, inv_coded,
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, SCALE_ITERS: tl.constexpr,
-    TRANSFORM: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr, OFF: tl.constexpr,
-    G4: tl.constexpr, G3: tl.constexpr, G2: tl.constexpr, G1: tl.constexpr,
-    G4P: tl.constexpr, G3P: tl.constexpr, G2P: tl.constexpr, G1P: tl.constexpr,
+    TRANSFORM: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr, OFF,
+    G4, G3, G2, G1,  # segments of 8 channels at 4..1 bits
+    G4P: tl.constexpr, G3P: tl.constexpr, G2P: tl.constexpr, G1P: tl.constexpr,  # tile sizes; 1 = absent
 ):
     pid_t = tl.program_id(0)
     h = tl.program_id(1)
@@ -123,39 +125,39 @@ def _write_kind_kernel(
             m_pair = tl.load(rm_ptr + h * D + (d + HALF) % D)
             sign = tl.where(d < HALF, -1.0, 1.0)
             x = x - (m_self[None, :] * tl.cos(ang) + (sign * m_pair)[None, :] * tl.sin(ang))
-    C3: tl.constexpr = 8 * G4
-    C2: tl.constexpr = 8 * (G4 + G3)
-    C1: tl.constexpr = 8 * (G4 + G3 + G2)
+    C3 = 8 * G4
+    C2 = 8 * (G4 + G3)
+    C1 = 8 * (G4 + G3 + G2)
     ssq = tl.zeros([BLOCK_T], tl.float32)
-    if G4 > 0:
+    if G4P > 1:
         z4, w4 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, 0, G4, G4P, TRANSFORM, PRECISION)
         ssq += tl.sum(z4 * z4, axis=1)
-    if G3 > 0:
+    if G3P > 1:
         z3, w3 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C3, G3, G3P, TRANSFORM, PRECISION)
         ssq += tl.sum(z3 * z3, axis=1)
-    if G2 > 0:
+    if G2P > 1:
         z2, w2 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C2, G2, G2P, TRANSFORM, PRECISION)
         ssq += tl.sum(z2 * z2, axis=1)
-    if G1 > 0:
+    if G1P > 1:
         z1, w1 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C1, G1, G1P, TRANSFORM, PRECISION)
         ssq += tl.sum(z1 * z1, axis=1)
     scale = tl.maximum(tl.sqrt(ssq * inv_coded), 1e-6)  # RMS over the coded channels
     for _ in range(SCALE_ITERS):  # least-squares scale for the chosen codes, weighted by std^2
         num = tl.zeros([BLOCK_T], tl.float32)
         den = tl.zeros([BLOCK_T], tl.float32)
-        if G4 > 0:
+        if G4P > 1:
             a, b = _group_ls(z4, w4, scale, lev_ptr, 4)
             num += a
             den += b
-        if G3 > 0:
+        if G3P > 1:
             a, b = _group_ls(z3, w3, scale, lev_ptr, 3)
             num += a
             den += b
-        if G2 > 0:
+        if G2P > 1:
             a, b = _group_ls(z2, w2, scale, lev_ptr, 2)
             num += a
             den += b
-        if G1 > 0:
+        if G1P > 1:
             a, b = _group_ls(z1, w1, scale, lev_ptr, 1)
             num += a
             den += b
@@ -164,16 +166,16 @@ def _write_kind_kernel(
     scale16 = scale.to(tl.float16)
     scale = scale16.to(tl.float32)
     base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
-    O3: tl.constexpr = OFF + 4 * G4
-    O2: tl.constexpr = OFF + 4 * G4 + 3 * G3
-    O1: tl.constexpr = OFF + 4 * G4 + 3 * G3 + 2 * G2
-    if G4 > 0:
+    O3 = OFF + 4 * G4
+    O2 = OFF + 4 * G4 + 3 * G3
+    O1 = OFF + 4 * G4 + 3 * G3 + 2 * G2
+    if G4P > 1:
         _group_pack(z4, scale, lev_ptr, base, valid, OFF, 4, G4, G4P, BLOCK_T)
-    if G3 > 0:
+    if G3P > 1:
         _group_pack(z3, scale, lev_ptr, base, valid, O3, 3, G3, G3P, BLOCK_T)
-    if G2 > 0:
+    if G2P > 1:
         _group_pack(z2, scale, lev_ptr, base, valid, O2, 2, G2, G2P, BLOCK_T)
-    if G1 > 0:
+    if G1P > 1:
         _group_pack(z1, scale, lev_ptr, base, valid, O1, 1, G1, G1P, BLOCK_T)
     bits16 = scale16.to(tl.int16, bitcast=True).to(tl.int32) & 65535
     tl.store(base + scale_off, (bits16 & 255).to(tl.uint8), mask=valid)
@@ -244,7 +246,7 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
             n, H, tables.slot_bytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset,
             1.0 / max(ct.coded, 1),
             D=D, HALF=D // 2, BLOCK_T=block_t, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel, HAS_ROPE=rope,
-            PRECISION=_precision(k.device), OFF=_code_offset(kind, tables), **group_constexprs("G", counts),
+            PRECISION=_precision(k.device), OFF=_code_offset(kind, tables), **group_args("G", counts),
             **({"num_warps": num_warps} if num_warps else {}),
         )
 

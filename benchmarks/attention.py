@@ -15,6 +15,8 @@ One call builds, checks and times everything (issue: Triton INT2 kernels):
 5. model level: a Qwen2.5-1.5B-shaped model (random weights, bf16), 32K-token sequences: the
    largest batch whose cache fits beside the weights and a workspace, bf16 pages vs OSCAR pages,
    and decode tokens/s at that batch (same attention kernel design for both).
+On request (--sections): precision (keys with a constant offset, bf16 vs float32 operands, error
+against the float64 reference) and compile (first-call cost over random bit layouts).
 Each section is written to the JSON as it completes (atomic), so a failure loses nothing before it.
 """
 
@@ -39,7 +41,7 @@ from oscar_cluster import codecs  # noqa: E402
 from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,  # noqa: E402
                                    paged_attention_reference, write_kv, write_kv_reference)
 from oscar_cluster.kernels.paged_cache import PagedKVCache, paged_attention_enabled  # noqa: E402
-from oscar_cluster.synthetic import synthetic_oscar_codec  # noqa: E402
+from oscar_cluster.synthetic import offset_key_codec, synthetic_oscar_codec  # noqa: E402
 
 DEV = torch.device("cuda")
 TUNE_BLOCK_N, TUNE_WARPS = (16, 32, 64), (2, 4, 8)
@@ -359,12 +361,104 @@ def section_model(quick: bool) -> dict:
     return out
 
 
+def section_precision(prefix: int = 4096, ratios=(1.0, 9.3, 58.0)) -> dict:
+    """The kernel's error against the float64 reference on layers whose keys carry a constant
+    offset (Qwen2.5: 58x in layer 0, 9.3x in layer 1), decode at `prefix` tokens, with bf16 and with
+    float32 matrix operands, and the decode time of each mode (one call, CUDA-graph median)."""
+    d, H, Hq, bs = 128, 2, 12, 16  # Qwen2.5-1.5B's attention shape
+    rows = []
+    for ratio in ratios:
+        codec, keys = offset_key_codec(d, H, Hq, ratio, seed=int(ratio * 10))
+        tb = layer_tables(codec, 0, DEV)
+        B = 4
+        nblk = -(-prefix // bs)
+        bt = torch.randperm(B * nblk + 3, device=DEV)[: B * nblk].view(B, nblk).int()
+        cache = torch.zeros(B * nblk + 3, bs, H, tb.slot_bytes, dtype=torch.uint8, device=DEV)
+        sk = torch.zeros(B, tb.sinks, H, d, dtype=torch.bfloat16, device=DEV)
+        sv = sk.clone()
+        pos = torch.arange(prefix, device=DEV)
+        for b in range(B):
+            k = keys(pos).to(DEV).bfloat16()
+            v = torch.randn(prefix, H, d, device=DEV).bfloat16()
+            write_kv(k, v, pos, bt[b, pos // bs].long() * bs + pos % bs, cache, tb)
+            sk[b], sv[b] = k[:tb.sinks], v[:tb.sinks]
+        pl = torch.full((B,), prefix, dtype=torch.int32, device=DEV)
+        cu = torch.arange(B + 1, dtype=torch.int32, device=DEV)
+        # bf16 values (as a model gives them) held in float32: the output keeps q's dtype, and a bf16
+        # output alone would be ~0.2% off the reference
+        q = (torch.randn(B, Hq, d, device=DEV) * 0.1).bfloat16().float()
+        kn = keys(torch.full((B,), prefix)).to(DEV).bfloat16().float()
+        vn = torch.randn(B, H, d, device=DEV).bfloat16().float()
+        sm = d ** -0.5
+        ref = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm).double()
+        row = {"offset_ratio": ratio, "prefix": prefix, "batch": B}
+        for mode in ("bf16", "fp32"):
+            def run(mode=mode):
+                return paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision=mode,
+                                       max_q_len=1, max_prefix=prefix)
+            out = run().double()
+            row[f"rel_err_{mode}"] = float((out - ref).norm() / ref.norm())
+            row[f"decode_ms_{mode}"] = median_ms(run)
+        rows.append(row)
+        print(f"precision: offset {ratio:5.1f}x  bf16 {row['rel_err_bf16']:.2e} ({row['decode_ms_bf16']:.3f} ms)  "
+              f"fp32 {row['rel_err_fp32']:.2e} ({row['decode_ms_fp32']:.3f} ms)", flush=True)
+    return {"rows": rows, "bf16_within_1pct": all(r["rel_err_bf16"] < 1e-2 for r in rows)}
+
+
+def section_compile(layouts: int = 8, seed: int = 0) -> dict:
+    """Cold-start cost: write_kv and a decode call on `layouts` random bit layouts of one shape
+    (d 128, 2 KV heads, 12 query heads), first call (compile included) against a second call; and
+    how many distinct compiled variants the layouts needed (tile sizes only: kernels.layout.group_args)."""
+    from oscar_cluster.kernels.layout import group_args
+
+    g = torch.Generator().manual_seed(seed)
+    d, H, Hq, bs, n = 128, 2, 12, 16, 256
+    base = synthetic_codec(d, H, Hq, seed=7)
+    rows, keys_w, keys_a = [], set(), set()
+    for i in range(layouts):
+        for kind in ("k", "v"):
+            seg = torch.randint(0, 5, (d // 8,), generator=g).sort(descending=True).values
+            base.layers[0][kind].bits = seg.repeat_interleave(8).to(torch.int64)
+            base.layers[0][kind].__dict__.pop("segments", None)
+        tb = layer_tables(base, 0, DEV)
+        kg, vg = tb.groups
+        tiles = [tuple(x for name, x in group_args(p, c).items() if name.endswith("P")) for p, c in (("K", kg), ("V", vg))]
+        keys_w.update({("k", tiles[0]), ("v", tiles[1])})
+        keys_a.add(tuple(tiles))
+        k = torch.randn(n, H, d, device=DEV).bfloat16()
+        v = torch.randn(n, H, d, device=DEV).bfloat16()
+        pos = torch.arange(n, device=DEV)
+        cache = torch.zeros(n // bs + 1, bs, H, tb.slot_bytes, dtype=torch.uint8, device=DEV)
+        bt = torch.arange(n // bs, device=DEV, dtype=torch.int32)[None]
+        sk = torch.zeros(1, tb.sinks, H, d, dtype=torch.bfloat16, device=DEV)
+        q = torch.randn(1, Hq, d, device=DEV).bfloat16()
+        pl = torch.tensor([n], dtype=torch.int32, device=DEV)
+        cu = torch.tensor([0, 1], dtype=torch.int32, device=DEV)
+        row = {"layout": i, "k_groups": list(kg), "v_groups": list(vg)}
+        for name, fn in (("write_kv", lambda: write_kv(k, v, pos, pos, cache, tb)),
+                         ("decode", lambda: paged_attention(q, k[:1], v[:1], cache, bt, pl, cu, sk, sk, tb, d ** -0.5))):
+            for call in ("first", "second"):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                torch.cuda.synchronize()
+                row[f"{name}_{call}_s"] = round(time.perf_counter() - t0, 4)
+        rows.append(row)
+        print(f"compile: layout {i} K {kg} V {vg}: write_kv first {row['write_kv_first_s']:.2f} s, "
+              f"decode first {row['decode_first_s']:.2f} s", flush=True)
+    return {"rows": rows, "layouts": layouts, "write_kv_variants": len(keys_w), "attention_variants": len(keys_a),
+            "write_kv_first_calls_s": round(sum(r["write_kv_first_s"] for r in rows), 2),
+            "decode_first_calls_s": round(sum(r["decode_first_s"] for r in rows), 2)}
+
+
 def main() -> None:
     global TUNE_BLOCK_N, TUNE_WARPS, MODEL_STORAGES  # set once from the command line
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="fewer contexts and batches")
-    ap.add_argument("--sections", default="checks,copy,decode,write_kv,model,prefill")
+    ap.add_argument("--sections", default="checks,copy,decode,write_kv,model,prefill",
+                    help="comma-separated, in order; also: precision (offset keys, bf16 vs fp32 operands), "
+                         "compile (first-call cost over random layouts)")
     ap.add_argument("--contexts", type=lambda x: [int(v) for v in x.split(",")], default=None)
     ap.add_argument("--batches", type=lambda x: [int(v) for v in x.split(",")], default=None)
     ap.add_argument("--model-storages", default="bf16,oscar")
@@ -385,7 +479,8 @@ def main() -> None:
     for name in args.sections.split(","):
         t0 = time.time()
         try:
-            fn = {"checks": section_checks, "copy": section_copy, "decode": lambda: section_decode(args.quick, args.contexts, args.batches),
+            fn = {"checks": section_checks, "copy": section_copy, "precision": section_precision,
+                  "compile": section_compile, "decode": lambda: section_decode(args.quick, args.contexts, args.batches),
                   "write_kv": section_write_kv, "model": lambda: section_model(args.quick),
                   # chunked-prefill checks last: variants that isolate a GPU-only mismatch
                   "prefill": lambda: section_checks(

@@ -128,7 +128,7 @@ def _online_update(s, m_i, l_i):
 # each compile a variant of their own
 @triton.jit(do_not_specialize=["K4", "K3", "K2", "K1", "V4", "V3", "V2", "V1"])
 def _attn_kernel(
-    qt_ptr, qo_ptr, cm_ptr,  # [Tq, Hq, D] q k_W, [Tq, Hq, D] q, [Tq, Hq] q.k_b; all times sm_scale*log2(e)
+    qt_ptr, qo_ptr, cm_ptr,  # [Tq, Hq, D] q k_W and [Tq, Hq] q.k_b, times qk_scale; [Tq, Hq, D] q as given
     rm_ptr, invf_ptr, cn_ptr, sn_ptr,  # [H, D] rope mean; [D/2] float64; [BLOCK_N, D/2] cos/sin(n w)
     cache_ptr, kc_ptr, vc_ptr,  # packed pages [slots, H, slot_bytes] | bf16 pages [slots, H, D] (PACKED=False)
     bt_ptr, bt_stride, prefix_ptr, cuq_ptr,
@@ -137,6 +137,7 @@ def _attn_kernel(
     lev_ptr,  # [(MAX_BITS+1) * 16] level tables
     acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr,  # [NS, Tq, Hq, D] x2, [NS, Tq, Hq] x3
     Tq, Hq, H, G, block_size, n_sinks, slot_bytes, ks_off, vs_off, tiles_per_split, n_qblocks, num_splits,
+    qk_scale,  # sm_scale * log2(e), applied after q.k for keys given in full precision (as SDPA does)
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, G_P2: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT: tl.constexpr, HAS_ROPE: tl.constexpr,
     PACKED: tl.constexpr, LOWP: tl.constexpr,
@@ -177,7 +178,7 @@ def _attn_kernel(
         ok_s = (js < n_sinks) & (js < prefix) & (split == 0)
         s_off = ((seq * n_sinks + js).to(tl.int64) * H + h)[:, None] * D + d[None, :]
         k_s = tl.load(sk_ptr + s_off, mask=ok_s[:, None], other=0.0)
-        s_s = tl.where(ok_s[None, :], _mm(qo, tl.trans(k_s), LOWP), float("-inf"))
+        s_s = tl.where(ok_s[None, :], _mm(qo, tl.trans(k_s), LOWP) * qk_scale, float("-inf"))
         p_s, alpha_s, m_i, l_i = _online_update(s_s, m_i, l_i)
         v_s = tl.load(sv_ptr + s_off, mask=ok_s[:, None], other=0.0)
         acc_o = acc_o * alpha_s[:, None] + _mm(p_s, v_s, LOWP)
@@ -188,7 +189,7 @@ def _attn_kernel(
         ok = j < hi
         f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
         k = tl.load(kn_ptr + f_off, mask=ok[:, None], other=0.0)
-        s = _mm(qo, tl.trans(k), LOWP)
+        s = _mm(qo, tl.trans(k), LOWP) * qk_scale
         s = tl.where(ok[None, :] & (j[None, :] <= qpos[:, None]), s, float("-inf"))
         p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
         v = tl.load(vn_ptr + f_off, mask=ok[:, None], other=0.0)
@@ -234,8 +235,8 @@ def _attn_kernel(
             qb_ = tl.load(qo_ptr + row[:, None] * D + HALF + i[None, :], mask=row_ok[:, None], other=0.0)
             ma = tl.load(rm_ptr + h * D + i)
             mb = tl.load(rm_ptr + h * D + HALF + i)
-            ra = qa * ma[None, :] + qb_ * mb[None, :]  # multiplies cos(p w)
-            rb = qb_ * ma[None, :] - qa * mb[None, :]  # multiplies sin(p w)
+            ra = (qa * ma[None, :] + qb_ * mb[None, :]) * qk_scale  # multiplies cos(p w)
+            rb = (qb_ * ma[None, :] - qa * mb[None, :]) * qk_scale  # multiplies sin(p w)
             invf = tl.load(invf_ptr + i)
     tile = tile_lo
     while tile < tile_hi:  # while, not range: runtime bounds (the interpreter's range needs Python ints)
@@ -281,7 +282,7 @@ def _attn_kernel(
         else:
             kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
             k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
-            s = tl.where(in_seq[None, :], _mm(qo, tl.trans(k), LOWP), float("-inf"))
+            s = tl.where(in_seq[None, :], _mm(qo, tl.trans(k), LOWP) * qk_scale, float("-inf"))
             p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
             v = tl.load(vc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
             acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
@@ -414,10 +415,12 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
     tiles_per_split = triton.cdiv(tiles, num_splits)
     n_qblocks = max(1, triton.cdiv(max_q_len, block_q))
     scale = float(sm_scale) * LOG2E
-    qo = (q.float() * scale).contiguous()
+    # q as given for the full-precision keys: with bf16 operands q.k is then exactly what SDPA
+    # computes (scaled after the product; scaling first would round q to bf16 a second time)
+    qo = q.float().contiguous()
     f32 = dict(device=dev, dtype=torch.float32)
     if packed:
-        qg = qo.view(Tq, H, G, D)
+        qg = (qo * scale).view(Tq, H, G, D)
         qt = torch.einsum("thgd,hde->thge", qg, tables.k_W).reshape(Tq, Hq, D).contiguous()
         cm = torch.einsum("thgd,hd->thg", qg, tables.k_b).reshape(Tq, Hq).contiguous()
         cn, sn = rope_tile_table(tables.inv_freq, block_n, dev)
@@ -449,6 +452,7 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         acc_t, acc_o, lq, m, l,
         Tq, Hq, H, G, block_size, S, tables.slot_bytes if packed else 0,
         tables.k_scale_offset if packed else 0, tables.v_scale_offset if packed else 0, tiles_per_split, n_qblocks, num_splits,
+        scale,
         D=D, HALF=D // 2, BLOCK_Q=block_q, G_P2=G_P2, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
         BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), SPLIT=num_splits > 1,
         HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed,

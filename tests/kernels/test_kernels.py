@@ -15,7 +15,7 @@ from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attentio
                                    paged_attention_bf16_reference, paged_attention_reference, write_kv,
                                    write_kv_reference)
 from oscar_cluster.kernels.write_kv import read_slots
-from oscar_cluster.synthetic import synthetic_oscar_codec
+from oscar_cluster.synthetic import offset_key_codec, synthetic_oscar_codec
 
 POISON = 0xA5
 
@@ -186,34 +186,13 @@ def test_bad_inputs_are_named():
                         tb, 0.125)
 
 
-def _offset_layer(d, H, Hq, ratio, g, n=384):
-    """A layer whose pre-RoPE keys carry a constant offset `ratio` times their varying part (Qwen2.5's
-    layer 0: 58x, benchmarks/results/key-offsets-*.json), fitted with the RoPE-aware key mean."""
-    from oscar_cluster.calibration import LayerStatistics
-    from oscar_cluster.rope import apply_rope
-
-    inv = 1e4 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    m = torch.randn(H, d, generator=g)
-    m = m / m.norm(dim=-1, keepdim=True) * ratio * d ** 0.5
-
-    def keys(pos):
-        return apply_rope(m + torch.randn(len(pos), H, d, generator=g), pos, inv)
-
-    pos = torch.arange(n)
-    q = torch.randn(n, Hq, d, generator=g) * 0.1
-    v = torch.randn(n, H, d, generator=g)
-    st = LayerStatistics.from_samples(q, keys(pos), v, torch.randn(32, Hq * d, generator=g) / d ** 0.5,
-                                      layer=0, sinks=4, inv_freq=inv)
-    return codecs.get("oscar", key_mean="rope").fit([st]), keys
-
-
 def test_bf16_operands_keep_a_large_rope_offset_within_1pct():
     """On the GPU the matrix operands are bf16. A key offset 58x the varying part, carried by the
     RoPE-mean term, then cost 3.6% of the output on Qwen2.5's layer 0; that term is now a split
     (three bf16 products). Emulated here (operand_precision='bf16' rounds operands to bf16)."""
     d, H, Hq, bs = 64, 1, 4, 16
     g = torch.Generator().manual_seed(58)
-    codec, keys = _offset_layer(d, H, Hq, 58.0, g)
+    codec, keys = offset_key_codec(d, H, Hq, 58.0, seed=58)
     tb = layer_tables(codec, 0)
     assert tb.has_rope_mean
     prefix = [300, 77]

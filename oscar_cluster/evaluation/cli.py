@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn-file", default=None, help="text for --tasks attn (default: --ppl-file)")
     p.add_argument("--attn-tokens", type=int, default=2048)
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens for codecs fitted here")
+    p.add_argument("--calib-data", nargs="*", default=[], metavar="FILE",
+                   help="their calibration text (default: Shakespeare); e.g. runs/python-docs/*.rst.txt after "
+                        "`make python-docs`, which retrieved far more needles in the ablations")
     p.add_argument("--batch", type=int, default=1, help="samples per batch (left-padded; same codec, task and length)")
     p.add_argument("--batch-tokens", type=int, default=262144, help="at most this many prompt tokens per batch")
     p.add_argument("--encoder", default="auto", choices=("auto", "kernels", "codec"),
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                          tasks=tasks, lengths=_sizes(args.ctx), samples=args.samples,
                          protocol=args.protocol, prefill_chunk=args.prefill_chunk, artifacts=_artifacts(args.artifact),
                          device=args.device, grid_depths=list(GRID_DEPTHS) if want_grid else [],
-                         calib_tokens=args.calib_tokens, batch=args.batch, batch_tokens=args.batch_tokens,
+                         calib_tokens=args.calib_tokens, calib_data=list(args.calib_data), batch=args.batch, batch_tokens=args.batch_tokens,
                          encoder=args.encoder)
         for flag, f in (("--ppl-file", args.ppl_file if want_ppl else None), ("--attn-file", attn_file if want_attn else None)):
             if f is not None and not Path(f).is_file():

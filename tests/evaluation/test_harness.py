@@ -2,6 +2,7 @@
 rows per codec, resume without recomputation, summaries equal to the rows, a torn line ignored."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -117,6 +118,21 @@ def test_calibrated_codec_is_fitted_once_and_cached(smollm2, smollm2_artifact, t
     first = _codecs(cfg, smollm2[0], smollm2[1], progress=False)["oscar-paper"]
     assert (art / "transforms.safetensors").stat().st_mtime_ns == stamp, "the cached artifact is reused, not refitted"
     assert first.metadata["calibration"]["tokens"] >= 1024
+    # the cache is tied to its text and token count: other text is refused, not silently reused
+    from oscar_cluster.artifact import read_metadata
+    from oscar_cluster.corpora import shakespeare_files
+
+    other = dataclasses.replace(cfg, calib_data=[str(p) for p in shakespeare_files()[3:6]])
+    with pytest.raises(ConfigError, match="other calibration text"):
+        _codecs(other, smollm2[0], smollm2[1], progress=False)
+    with pytest.raises(ConfigError, match="calib-tokens"):
+        _codecs(dataclasses.replace(cfg, calib_tokens=2048), smollm2[0], smollm2[1], progress=False)
+    # and --calib-data fits on that text (recorded by its hash)
+    fresh = dataclasses.replace(other, out=str(tmp_path / "other"))
+    _codecs(fresh, smollm2[0], smollm2[1], progress=False)
+    rec = read_metadata(tmp_path / "other" / "artifacts" / "oscar-paper")["calibration"]
+    assert rec["data_sha256"] != first.metadata["calibration"]["data_sha256"]
+    assert rec["config"]["data"] == other.calib_data
     bad = EvalConfig(model="smollm2-135m", out=str(tmp_path / "x"), codecs=["oscar-paper"], tasks=[], lengths=[300],
                      artifacts={"oscar-paper": str(smollm2_artifact)})
     with pytest.raises(ConfigError, match="holds a 'oscar' codec"):

@@ -118,8 +118,8 @@ def main() -> None:
         for i, n in enumerate(names):
             print(f"{i:3d}  {n}  {VARIANTS[n]}")
         return
-    if not args.out:
-        ap.error("--out is required")
+    if not args.out and not args.fit_only:
+        ap.error("--out is required (except with --fit-only)")
     picked = [int(x) for x in args.variants.split(",") if x.strip()]
     earlier = []
     for f in (args.combine or "").split(","):

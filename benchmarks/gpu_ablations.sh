@@ -22,11 +22,13 @@ mkdir -p /tmp/abl $OUT/ablations
 cd /tmp
 for g in 0 1; do
   v=GPU${g}_VARIANTS
-  ( CUDA_VISIBLE_DEVICES=$g timeout -s TERM $(( DEADLINE - $(date +%s) )) python3 $REPO/benchmarks/needle_ablations.py \
+  ( left=$(( DEADLINE - $(date +%s) )); [ $left -gt 30 ] || exit 0  # (timeout 0 would mean no limit)
+    CUDA_VISIBLE_DEVICES=$g timeout -s TERM $left python3 $REPO/benchmarks/needle_ablations.py \
       "${COMMON[@]}" --variants ${!v} --work /tmp/abl/gpu$g --fit-only > /tmp/abl/fit$g.log 2>&1
-    CUDA_VISIBLE_DEVICES=$g timeout -s TERM $(( DEADLINE - $(date +%s) )) python3 $REPO/benchmarks/needle_ablations.py \
-    "${COMMON[@]}" --variants ${!v} --work /tmp/abl/gpu$g --out /tmp/abl/gpu$g.json \
-    > /tmp/abl/gpu$g.log 2>&1 ) &
+    left=$(( DEADLINE - $(date +%s) )); [ $left -gt 30 ] || exit 0
+    CUDA_VISIBLE_DEVICES=$g timeout -s TERM $left python3 $REPO/benchmarks/needle_ablations.py \
+      "${COMMON[@]}" --variants ${!v} --work /tmp/abl/gpu$g --out /tmp/abl/gpu$g.json \
+      > /tmp/abl/gpu$g.log 2>&1 ) &
 done
 wait
 for g in 0 1; do

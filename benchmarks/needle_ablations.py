@@ -74,7 +74,12 @@ def combined_variant(rows: list[dict]) -> tuple[str, str, int, dict]:
     knob-free variant, with every single knob that beat the knob-free variant of its own text and
     length, one value per knob (its best gain). Options carry "_order": the knobs from most to
     least gain, so the caller can drop the least useful bit-costing ones."""
-    plain = {(r["corpus"], r["calibration_tokens"]): r for r in rows if not r["options"]}
+    rows = [r for r in rows if r["index"] != "combined" and r.get("ratio") is not None]
+    plain = {}  # the knob-free row of each text and length; with repeats, the one with the most samples
+    for r in rows:
+        key = (r["corpus"], r["calibration_tokens"])
+        if not r["options"] and (key not in plain or r["samples"] > plain[key]["samples"]):
+            plain[key] = r
     if not plain:
         raise SystemExit("--combine needs at least one knob-free variant (e.g. 2 or 11) among the earlier rows")
     best = max(plain.values(), key=lambda r: r["ratio"])
@@ -130,7 +135,7 @@ def main() -> None:
         ap.error(f"--variants: no variant {bad}; --list shows the {len(names)} variants")
 
     from oscar_cluster import codecs
-    from oscar_cluster.artifact import load_artifact, save_artifact
+    from oscar_cluster.artifact import load_artifact, read_metadata, save_artifact
     from oscar_cluster.calibrate import CalibrationConfig, calibrate_model, codec_options
     from oscar_cluster.corpora import read_texts
     from oscar_cluster.evaluation.harness import EvalConfig, read_rows, run_ruler
@@ -156,15 +161,16 @@ def main() -> None:
         t_var = time.perf_counter()
         if not (art / "oscar.yaml").exists():
             files = corpus_files(corpus, args.python_docs)
-            ccfg = CalibrationConfig(model=args.model, out=str(art), max_tokens=tokens)
-            if (corpus, tokens) not in stats_cache:
-                _, _, stats_cache[(corpus, tokens)] = calibrate_model(model, tok, read_texts(files), ccfg,
-                                                                      progress=False)
+            sinks = int(opts.get("sinks", 4))  # the statistics leave out the positions kept in bf16
+            ccfg = CalibrationConfig(model=args.model, out=str(art), max_tokens=tokens, sinks=sinks)
+            if (corpus, tokens, sinks) not in stats_cache:
+                _, _, stats_cache[(corpus, tokens, sinks)] = calibrate_model(model, tok, read_texts(files), ccfg,
+                                                                             progress=False)
             full, _ = codec_options(ccfg, getattr(model.config, "max_position_embeddings", None))
             order = opts.pop("_order", [])
 
             def fit(o):
-                return codecs.get("oscar", **{**full, **o}).fit(stats_cache[(corpus, tokens)])
+                return codecs.get("oscar", **{**full, **o}).fit(stats_cache[(corpus, tokens, sinks)])
 
             codec = fit(opts)
             if idx == "combined":  # drop the bit-costing knobs of least gain until the budget holds
@@ -180,10 +186,11 @@ def main() -> None:
                                                            "variant": name})
             write_result(str(art / "variant.json"), {"variant": name, "corpus": corpus, "tokens": tokens,
                                                      "options": opts})
-        else:  # resumed: the variant as it was fitted (the combined one's knobs were fixed then)
-            meta = json.loads((art / "variant.json").read_text()) if (art / "variant.json").exists() else {}
-            name, opts = meta.get("variant", name), meta.get("options", {k: v for k, v in opts.items()
-                                                                           if k != "_order"})
+        else:  # resumed: the variant as it was fitted (the combined one's text and knobs were fixed then),
+            # from the artifact's own record (runs before 2026-11-30 recorded no corpus: Shakespeare)
+            meta = read_metadata(art)["calibration"]
+            name, tokens, opts = meta["variant"], meta["tokens"], meta["options"]
+            corpus = meta.get("corpus", "shakespeare")
         if args.fit_only:
             print(f"v{idx} {name}: artifact {art} in {time.perf_counter() - t_var:.1f} s", flush=True)
             continue

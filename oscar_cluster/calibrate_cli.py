@@ -62,11 +62,14 @@ def parse_options(items: list[str]) -> dict:
 
     from .errors import ConfigError
 
+    flags = {"mean_bits": "--mean-bits", "sinks": "--sinks", "target_context": "--target-context"}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option key_weight=2")
+        if key.strip() in flags:  # these also shape the statistics and the record: one way to set them
+            raise ConfigError(f"--option {key.strip()}: use {flags[key.strip()]} instead")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:

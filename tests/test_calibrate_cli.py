@@ -82,6 +82,7 @@ def test_mean_bits_and_codec_options_reach_the_artifact(tmp_path, capsys, smollm
     (["--option", "key_wieght=2"], "key_wieght"),
     (["--option", "levels=nf4"], "levels"),
     (["--mean-bits", "0"], "mean_bits"),
+    (["--option", "sinks=16"], "--sinks"),
 ])
 def test_bad_codec_options_fail_before_any_model_loads(tmp_path, capsys, args, says):
     assert main(["--out", str(tmp_path / "a"), "--quiet", *args]) == 2

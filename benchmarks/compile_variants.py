@@ -38,7 +38,7 @@ def main() -> None:
         attn_before.add((k, v))
         attn_now.add((tiles("K", k), tiles("V", v)))
     res = {"benchmark": "compiled kernel variants per artifact", **provenance(), "artifact": args.artifact,
-           "artifact_content_sha256": meta.get("content_sha256"), "model": meta.get("model", {}).get("name"),
+           "artifact_content_sha256": meta.get("content_sha256"), "model": meta.get("model"),
            "layers": len(codec.layers),
            "write_kv_variants": {"layout_compiled_in": len(write_before), "tile_sizes_only": len(write_now)},
            "attention_variants": {"layout_compiled_in": len(attn_before), "tile_sizes_only": len(attn_now)}}

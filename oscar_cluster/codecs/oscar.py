@@ -146,6 +146,7 @@ class OscarCodec(Codec):
         self.key_weight = float(key_weight)
         self.layers: dict[int, dict[str, LayerCodebook]] = {}
         self._tables = {b: gaussian_levels(b, levels) for b in range(1, MAX_BITS + 1)}
+        self._mids: dict = {}  # (bits, device, dtype) -> thresholds, filled by _midpoints
 
     def options(self) -> dict:
         return {**super().options(), "mean_bits": self.mean_bits, "segment_width": self.segment_width,
@@ -274,30 +275,45 @@ class OscarCodec(Codec):
         scale = z[..., coded].pow(2).mean(-1).sqrt().clamp_min(1e-6)
         weight = cb.std.to(dev).pow(2)  # channel error in output units is std^2 (z - scale * level)^2
         for _ in range(self.scale_iters):
-            codes, lev = self._quantize(z / scale[..., None], cb.segments)
+            _, lev = self._quantize(z / scale[..., None], cb.segments, pack=False)
             # least-squares scale for these codes, weighted by the channels' output-error units
             num = (weight * z * lev).sum(-1)
             den = (weight * lev * lev).sum(-1).clamp_min(1e-12)
             scale = torch.where(num > 0, num / den, scale).clamp_min(1e-6)
         scale = scale.half()
-        codes, _ = self._quantize(z / scale.float()[..., None], cb.segments)
+        codes, _ = self._quantize(z / scale.float()[..., None], cb.segments, levels=False)
         return {"codes": codes.reshape(T, H, -1), "scale": scale, **extra}
 
-    def _quantize(self, zn: torch.Tensor, segments: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _quantize(self, zn: torch.Tensor, segments: list[tuple[int, int, int]], pack: bool = True,
+                  levels: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """zn: [T, H, d] normalized, segments: the layout's runs -> (packed codes [T*H, bytes] uint8,
-        chosen levels [T, H, d])."""
+        chosen levels [T, H, d]); either is skipped (None) when not asked for: the scale iterations
+        need only the levels, the final pass only the codes (fewer kernel launches per token)."""
         T, H, d = zn.shape
-        lev = torch.zeros_like(zn)
+        lev = torch.zeros_like(zn) if levels else None
         packed = []
         for start, w, b in segments:
             if b == 0:
                 continue
             table = self._tables[b].to(zn.device)
-            idx = nearest_level(zn[..., start:start + w].reshape(T * H, w), table)
-            lev[..., start:start + w] = table[idx.long()].reshape(T, H, w)
-            packed.append(pack_bits(idx, b))
+            idx = nearest_level(zn[..., start:start + w].reshape(T * H, w), table, self._midpoints(b, zn))
+            if levels:
+                lev[..., start:start + w] = table[idx.long()].reshape(T, H, w)
+            if pack:
+                packed.append(pack_bits(idx, b))
+        if not pack:
+            return None, lev
         codes = torch.cat(packed, dim=-1) if packed else torch.zeros(T * H, 0, dtype=torch.uint8, device=zn.device)
         return codes, lev
+
+    def _midpoints(self, b: int, like: torch.Tensor) -> torch.Tensor:
+        """Decision thresholds of the b-bit table on like's device and dtype (computed once)."""
+        key = (b, like.device, like.dtype)
+        mids = self._mids.get(key)
+        if mids is None:
+            t = self._tables[b]  # midpoints in the table's dtype, then cast: as nearest_level computes them
+            mids = self._mids[key] = (0.5 * (t[1:] + t[:-1])).to(like.device, like.dtype)
+        return mids
 
     def _decode(self, payload, kind, layer, T, H, D) -> torch.Tensor:
         cb = self.codebook(layer, kind)

@@ -126,10 +126,12 @@ def level_distortion(bits: int, kind: str = "lloyd") -> float:
     return _mse(torch.tensor(_levels(bits, kind), dtype=torch.float64))
 
 
-def nearest_level(z: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Index (uint8) of the closest entry of sorted `levels` for every element of z."""
-    mids = 0.5 * (levels[1:] + levels[:-1])
-    return torch.bucketize(z.contiguous(), mids.to(z.device, z.dtype)).to(torch.uint8)
+def nearest_level(z: torch.Tensor, levels: torch.Tensor, mids: torch.Tensor | None = None) -> torch.Tensor:
+    """Index (uint8) of the closest entry of sorted `levels` for every element of z; `mids`: the
+    midpoints 0.5 (levels[1:] + levels[:-1]) on z's device and dtype, when the caller keeps them."""
+    if mids is None:
+        mids = (0.5 * (levels[1:] + levels[:-1])).to(z.device, z.dtype)
+    return torch.bucketize(z.contiguous(), mids).to(torch.uint8)
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:

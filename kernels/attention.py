@@ -103,8 +103,9 @@ def _mm(a, b, LOWP: tl.constexpr):
 def _mm_split(a, b, LOWP: tl.constexpr):
     """a @ b to about float32 accuracy from three bf16 products (a = a_hi + a_lo, b likewise; the
     a_lo b_lo term is below float32's rounding). For the RoPE-mean term, which carries the keys'
-    constant offset: 58x their varying part in Qwen2.5's layer 0, where one bf16 product cost 3.6%
-    of the attention output (benchmarks/results/tp-attention-h200x2.json)."""
+    constant offset: 58x their varying part in Qwen2.5's layer 0, where the kernel was 3.6% off the
+    reference with one bf16 product (benchmarks/results/tp-attention-h200x2.json; this term is the
+    likely cause, checked in emulation by tests/kernels and benchmarks/precision_cpu.py)."""
     if LOWP == 0:
         return _mm(a, b, 0)
     else:

@@ -81,7 +81,8 @@ def group_args(prefix: str, counts) -> dict:
     """One kind's layout as kernel arguments: {P4..P1: segments at 4..1 bits (run-time ints), P4P..P1P:
     tile sizes (constexprs): the count rounded up to a power of two, at least 2, or 1 for an absent
     width}. Only the tile sizes are compiled in, so layers whose counts round alike share one
-    compiled kernel (Qwen2.5-1.5B's 28 layers had 56 write_kv variants when the counts were)."""
+    compiled kernel (SmolLM2's 30 layers: 16 write_kv variants instead of 25;
+    benchmarks/results/compile-variants-smollm2-cpu.json)."""
     out = {}
     for b, n in zip((4, 3, 2, 1), counts):
         out[f"{prefix}{b}"] = int(n)

@@ -23,7 +23,8 @@ from ..transforms import metric_whitened_transform
 from ..waterfill import allocate_bits, runs
 from . import register
 from .base import Codec
-from .quantizers import MAX_BITS, gaussian_levels, level_distortion, nearest_level, pack_bits, unpack_bits
+from .quantizers import (MAX_BITS, gaussian_levels, level_distortion, level_midpoints, nearest_level, pack_bits,
+                         unpack_bits)
 
 __all__ = ["OscarCodec", "LayerCodebook"]
 
@@ -311,8 +312,7 @@ class OscarCodec(Codec):
         key = (b, like.device, like.dtype)
         mids = self._mids.get(key)
         if mids is None:
-            t = self._tables[b]  # midpoints in the table's dtype, then cast: as nearest_level computes them
-            mids = self._mids[key] = (0.5 * (t[1:] + t[:-1])).to(like.device, like.dtype)
+            mids = self._mids[key] = level_midpoints(self._tables[b]).to(like.device, like.dtype)
         return mids
 
     def _decode(self, payload, kind, layer, T, H, D) -> torch.Tensor:

@@ -21,6 +21,7 @@ __all__ = [
     "minmax_dequantize",
     "gaussian_levels",
     "level_distortion",
+    "level_midpoints",
     "nearest_level",
     "pack_bits",
     "unpack_bits",
@@ -126,11 +127,16 @@ def level_distortion(bits: int, kind: str = "lloyd") -> float:
     return _mse(torch.tensor(_levels(bits, kind), dtype=torch.float64))
 
 
+def level_midpoints(levels: torch.Tensor) -> torch.Tensor:
+    """Decision thresholds between consecutive entries of sorted `levels` (in their dtype)."""
+    return 0.5 * (levels[1:] + levels[:-1])
+
+
 def nearest_level(z: torch.Tensor, levels: torch.Tensor, mids: torch.Tensor | None = None) -> torch.Tensor:
-    """Index (uint8) of the closest entry of sorted `levels` for every element of z; `mids`: the
-    midpoints 0.5 (levels[1:] + levels[:-1]) on z's device and dtype, when the caller keeps them."""
+    """Index (uint8) of the closest entry of sorted `levels` for every element of z; `mids`:
+    `level_midpoints(levels)` on z's device and dtype, when the caller keeps them."""
     if mids is None:
-        mids = (0.5 * (levels[1:] + levels[:-1])).to(z.device, z.dtype)
+        mids = level_midpoints(levels).to(z.device, z.dtype)
     return torch.bucketize(z.contiguous(), mids).to(torch.uint8)
 
 

@@ -1,52 +1,86 @@
 #!/usr/bin/env bash
-# After gpu_ablations.sh: GPU 0 fits the combined oscar variant (the best calibration text with every
-# knob that beat the knob-free variant of its text, within 2.25 true bits at 8K, from this machine's
-# rows and the committed quality/ablations-qwen-8k-h200.json; needle_ablations.py --combine) and runs
-# it on the hard tasks; GPU 1 meanwhile runs bf16 on all 8 needle tasks at 32K. Then both run the
-# combined artifact on the 8 needle tasks at 8K and 32K (50 samples), split by task, until the
-# deadline (seconds from now). Resumable, like gpu_ruler.sh; rows under /tmp/ruler-combined (apart from
-# gpu_ruler.sh's rows of another artifact), merged into $OUT/ruler. 8K bf16 rows to pair with are the
-# committed ones (quality/ruler.jsonl, same prompts): benchmarks/ruler_table.py on both files.
+# Issue 4's final needle run on Qwen2.5-Coder-1.5B (after benchmarks/gpu_setup.sh), one process per
+# GPU, until the deadline (seconds from now, first argument). Resumable: call it again with a new
+# deadline and it goes on where it stopped (oscar-eval rows, fitted artifacts and the combine choice
+# are kept under /tmp/abl and /tmp/ruler-combined).
+#   GPU 0: the ablations in $ABLATE (default 11,16,18: Python-docs text, and its key x2 and recent-32
+#          knobs) on the hard tasks at 8K, 50 samples, paired with bf16 -> /tmp/abl/gpu0.json; then
+#          the combined variant (needle_ablations.py --combine: the best text with every knob that
+#          beat the knob-free variant of its text, within 2.25 true bits at 8K) on the hard tasks;
+#          then that artifact on the other 5 needle tasks at 8K, on 4 of the 8 at 32K, and
+#          wikitext-2 perplexity (3 windows of 32K) with bf16.
+#   GPU 1: bf16 on the 8 needle tasks at 32K, then the combined artifact on the other 4 at 32K, then
+#          the baselines (kivi2, hadamard2, oscar-paper) on the hard tasks at 8K, 20 samples.
+# 8K bf16 rows to pair with are the committed ones (quality/ruler.jsonl, same seeded prompts) and
+# GPU 0's own. Everything lands in $OUT: ruler/ (merged rows, paired tables), ablations/, ppl/.
+# The oscar storage step is the Triton write_kv (ENCODER=kernels; the codec's PyTorch encode ran
+# at 2.7 s per sample in the 2026-11-30 ablations against 0.1-1 s for the kernels in the 8K run).
 #   bash benchmarks/gpu_combined.sh 560
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # 32K batches OOMed on fragmentation on 2026-11-29
 REPO=$(pwd)
 DEADLINE=$(( $(date +%s) + ${1:-560} - 20 ))
 M=qwen2.5-coder-1.5b
 ART=/tmp/abl/gpu0/artifacts/vcombined
+HARD=niah_multikey_2,niah_multikey_3,niah_multivalue
+EASY8K=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multiquery
 A=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1
 B=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
-ENC=${ENCODER:-codec}
+ENC=${ENCODER:-kernels}
+ABLATE=${ABLATE:-11,16,18}
 R=/tmp/ruler-combined
-mkdir -p $R $OUT/ablations
+WIKI=/tmp/gpu/data/wiki.test.raw
+mkdir -p $R /tmp/abl $OUT/ablations $OUT/ppl
+if [ ! -d /tmp/pydocs ]; then tar -C /tmp -xJf /tmp/gpu/data/pydocs-library.tar.xz || exit 1; fi
 cd /tmp
-stage() {  # gpu codecs tasks ctx samples
-  local left=$(( DEADLINE - $(date +%s) )); [ $left -gt 30 ] || return 0
-  local art=(); [[ ",$2," == *,oscar,* ]] && art=(--artifact "oscar=$ART")
-  CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $left python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
-    --codecs $2 --tasks $3 --ctx $4 --samples $5 --prefill-chunk 2048 --batch 64 --batch-tokens 262144 \
-    --encoder $ENC "${art[@]}" --out $R/gpu$1 --quiet >> $R/gpu$1.log 2>&1
-  echo "gpu$1 stage $2|$3|$4|$5 -> rc $? at $(date +%T)" >> $R/gpu$1.log
+left() { echo $(( DEADLINE - $(date +%s) )); }
+stage() {  # gpu codecs tasks ctx samples [extra oscar-eval args...]
+  local g=$1 codecs=$2 tasks=$3 ctx=$4 n=$5; shift 5
+  [ $(left) -gt 30 ] || return 0  # (timeout 0 would mean no limit)
+  local art=(); [[ ",$codecs," == *,oscar,* ]] && art=(--artifact "oscar=$ART" --encoder $ENC)
+  local bt=262144; [ "$ctx" = 32k ] && bt=131072  # 4 sequences of 32K per batch
+  CUDA_VISIBLE_DEVICES=$g timeout -s TERM $(left) python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
+    --codecs $codecs --tasks $tasks --ctx $ctx --samples $n --prefill-chunk 2048 --batch 64 --batch-tokens $bt \
+    "${art[@]}" "$@" --out $R/gpu$g --quiet >> $R/gpu$g.log 2>&1
+  echo "gpu$g stage $codecs|$tasks|$ctx|$n -> rc $? at $(date +%T)" >> $R/gpu$g.log
+}
+ablate() {  # extra needle_ablations.py args (GPU 0)
+  [ $(left) -gt 30 ] || return 0
+  CUDA_VISIBLE_DEVICES=0 timeout -s TERM $(left) python3 $REPO/benchmarks/needle_ablations.py \
+    --model $M --device cuda --ctx 8192 --samples 50 --batch 64 --prefill-chunk 2048 --encoder $ENC \
+    --tasks $HARD --python-docs /tmp/pydocs --work /tmp/abl/gpu0 "$@"
 }
 ( stage 1 bf16 $A,$B 32k 50
-  while [ ! -f $ART/variant.json ] && [ ! -f /tmp/abl/combine.done ] && [ $(date +%s) -lt $DEADLINE ]; do sleep 5; done
-  [ -f $ART/variant.json ] && stage 1 oscar $B 32k 50 ) &
+  while [ ! -f $ART/variant.json ] && [ ! -f /tmp/abl/combine.done ] && [ $(left) -gt 30 ]; do sleep 5; done
+  if [ -f $ART/variant.json ]; then stage 1 oscar $B 32k 50; fi
+  stage 1 kivi2,hadamard2,oscar-paper $HARD 8k 20 ) &
 p1=$!
-rm -f /tmp/abl/combine.done
-EARLIER=$REPO/benchmarks/results/quality/ablations-qwen-8k-h200.json
-for f in /tmp/abl/gpu0.json /tmp/abl/gpu1.json; do [ -f $f ] && EARLIER=$EARLIER,$f; done
-if [ ! -f /tmp/abl/combined.json ]; then
-  CUDA_VISIBLE_DEVICES=0 timeout -s TERM $(( DEADLINE - $(date +%s) )) python3 $REPO/benchmarks/needle_ablations.py \
-    --model $M --device cuda --ctx 8192 --samples 50 --batch 64 --prefill-chunk 2048 --encoder $ENC \
-    --tasks niah_multikey_2,niah_multikey_3,niah_multivalue --python-docs /tmp/pydocs --variants "" \
-    --combine $EARLIER --work /tmp/abl/gpu0 --out /tmp/abl/combined.json \
-    > /tmp/abl/combined.log 2>&1
+if [ -n "$ABLATE" ] && [ ! -f /tmp/abl/ablate.done ]; then
+  ablate --variants $ABLATE --fit-only >> /tmp/abl/fit0.log 2>&1  # fits in a fresh process (see gpu_ablations.sh)
+  ablate --variants $ABLATE --out /tmp/abl/gpu0.json >> /tmp/abl/gpu0.log 2>&1 && touch /tmp/abl/ablate.done
 fi
-touch /tmp/abl/combine.done
-grep -E "^v|Error|error" /tmp/abl/combined.log | tail -n 5
-cp /tmp/abl/combined.json /tmp/abl/combined.log $ART/variant.json $OUT/ablations/ 2>/dev/null
-if [ -f $ART/variant.json ]; then stage 0 oscar $A,$B 8k 50; stage 0 oscar $A 32k 50; fi
+if [ -f /tmp/abl/ablate.done ] || [ -z "$ABLATE" ]; then
+  EARLIER=$REPO/benchmarks/results/quality/ablations-qwen-8k-h200.json
+  [ -f /tmp/abl/gpu0.json ] && EARLIER=$EARLIER,/tmp/abl/gpu0.json
+  ablate --variants "" --combine $EARLIER --out /tmp/abl/combined.json >> /tmp/abl/combined.log 2>&1 \
+    && touch /tmp/abl/combine.done
+fi
+[ $(left) -gt 30 ] || touch /tmp/abl/combine.done  # GPU 1 stops waiting
+grep -hE "^v|Error|error" /tmp/abl/fit0.log /tmp/abl/gpu0.log /tmp/abl/combined.log 2>/dev/null | tail -n 12
+cp /tmp/abl/*.json /tmp/abl/*.log $OUT/ablations/ 2>/dev/null; cp $ART/variant.json $OUT/ablations/ 2>/dev/null
+if [ -f $ART/variant.json ]; then
+  stage 0 oscar $EASY8K 8k 50
+  stage 0 oscar $A 32k 50
+  if [ ! -f $OUT/ppl/ppl.json ] && [ $(left) -gt 60 ]; then
+    CUDA_VISIBLE_DEVICES=0 timeout -s TERM $(left) python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
+      --codecs bf16,oscar --artifact "oscar=$ART" --tasks ppl --ctx 32k --ppl-file $WIKI --ppl-windows 3 \
+      --prefill-chunk 2048 --encoder $ENC --out /tmp/ppl-combined --quiet >> $R/gpu0.log 2>&1
+    cp /tmp/ppl-combined/ppl.json $OUT/ppl/ 2>/dev/null
+  fi
+fi
 wait $p1
 tail -n 4 $R/gpu0.log $R/gpu1.log
-python3 -m oscar_cluster.evaluation.cli --merge $R/gpu0,$R/gpu1 --out $OUT/ruler
+MERGE=$R/gpu0,$R/gpu1; for d in /tmp/abl/gpu0/vcombined /tmp/abl/gpu0/bf16; do [ -d $d ] && MERGE=$MERGE,$d; done
+python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $OUT/ruler
 python3 $REPO/benchmarks/ruler_table.py $OUT/ruler/ruler.jsonl --out $OUT/ruler/paired-new.json 2>&1 | tail -n 30

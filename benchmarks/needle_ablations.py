@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: an installed oscar_cluster (with .kernels) wins
 from _record import provenance, write_result  # noqa: E402
 
 # name -> (calibration text, calibration tokens, codec options); indices are part of recorded commands:

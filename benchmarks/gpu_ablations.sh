@@ -9,7 +9,7 @@
 # variant, against 13.5 s for oscar-calibrate on a fresh process the day before (not diagnosed).
 #   bash benchmarks/gpu_ablations.sh 480
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=8  # two processes share the cores (gpu_combined.sh)
 REPO=$(pwd)
 DEADLINE=$(( $(date +%s) + ${1:-480} - 15 ))
 if [ ! -d /tmp/pydocs ]; then tar -C /tmp -xJf /tmp/gpu/data/pydocs-library.tar.xz || exit 1; fi

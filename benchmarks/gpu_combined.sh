@@ -19,6 +19,10 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # 32K batches OOMed on fragmentation on 2026-11-29
+# Two processes share the host's cores: with torch's default of one thread per core each, fitting an
+# artifact from cached statistics (a few eigendecompositions per layer) took 42 s per variant on
+# 2026-11-30 (quality/python-docs/fit-gpu0.log); thread oversubscription is the guess, not confirmed
+export OMP_NUM_THREADS=8
 REPO=$(pwd)
 DEADLINE=$(( $(date +%s) + ${1:-560} - 20 ))
 M=qwen2.5-coder-1.5b

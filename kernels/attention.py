@@ -125,6 +125,12 @@ def _online_update(s, m_i, l_i):
     return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
 
 
+@triton.jit
+def _rescale(a4, a3, a2, a1, lq, alpha):
+    """The codec-space accumulators and their weight sum times alpha [M] (an online-softmax step)."""
+    return (a4 * alpha[:, None], a3 * alpha[:, None], a2 * alpha[:, None], a1 * alpha[:, None], lq * alpha)
+
+
 # the layout's counts are run-time values (see group_args); 1 and multiples of 16 would otherwise
 # each compile a variant of their own
 @triton.jit(do_not_specialize=["K4", "K3", "K2", "K1", "V4", "V3", "V2", "V1"])
@@ -169,35 +175,11 @@ def _attn_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     lq = tl.zeros([BLOCK_M], tl.float32)
-    acc_o = tl.zeros([BLOCK_M, D], tl.float32)
-
-    # ---- full-precision tokens first (sinks on the first split, fresh tokens causally on the last),
-    # as masked tiles rather than branches: other splits see empty masks (p = 0, alpha = 1) ----
-    qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-    if PACKED:  # (names distinct from the loops' below: Triton would carry them with another shape)
-        js = tl.arange(0, BLOCK_S)
-        ok_s = (js < n_sinks) & (js < prefix) & (split == 0)
-        s_off = ((seq * n_sinks + js).to(tl.int64) * H + h)[:, None] * D + d[None, :]
-        k_s = tl.load(sk_ptr + s_off, mask=ok_s[:, None], other=0.0)
-        s_s = tl.where(ok_s[None, :], _mm(qo, tl.trans(k_s), LOWP) * qk_scale, float("-inf"))
-        p_s, alpha_s, m_i, l_i = _online_update(s_s, m_i, l_i)
-        v_s = tl.load(sv_ptr + s_off, mask=ok_s[:, None], other=0.0)
-        acc_o = acc_o * alpha_s[:, None] + _mm(p_s, v_s, LOWP)
-    hi = tl.where(split == num_splits - 1, tl.minimum(q_len, (qb + 1) * BLOCK_Q), 0)
-    j0 = 0
-    while j0 < hi:
-        j = j0 + n
-        ok = j < hi
-        f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
-        k = tl.load(kn_ptr + f_off, mask=ok[:, None], other=0.0)
-        s = _mm(qo, tl.trans(k), LOWP) * qk_scale
-        s = tl.where(ok[None, :] & (j[None, :] <= qpos[:, None]), s, float("-inf"))
-        p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
-        v = tl.load(vn_ptr + f_off, mask=ok[:, None], other=0.0)
-        acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
-        j0 += BLOCK_N
 
     # ---- cached prefix from the pages ----
+    if not PACKED:  # q as given and the output for the bf16 pages (packed: made after the loop)
+        qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+        acc_o = tl.zeros([BLOCK_M, D], tl.float32)
     n_tiles = tl.cdiv(prefix, BLOCK_N)
     tile_lo = split * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
@@ -279,7 +261,6 @@ def _attn_kernel(
             if V1P > 1:
                 a1 = a1 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
             lq = lq * alpha + tl.sum(p, axis=1)
-            acc_o = acc_o * alpha[:, None]
         else:
             kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
             k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
@@ -288,6 +269,39 @@ def _attn_kernel(
             v = tl.load(vc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
             acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
         tile += 1
+
+    # ---- full-precision tokens last (sinks on the first split, fresh tokens causally on the last),
+    # as masked tiles rather than branches: other splits see empty masks (p = 0, alpha = 1). After the
+    # packed loop, so that q and the full-precision accumulator are not live in it (register
+    # pressure: the decode kernel spilled with them, benchmarks/results/attention-h200.json) ----
+    if PACKED:  # q as given and the full-precision values' accumulator
+        qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+        acc_o = tl.zeros([BLOCK_M, D], tl.float32)
+        # sinks (names distinct from the loops' above: Triton would carry them with another shape)
+        js = tl.arange(0, BLOCK_S)
+        ok_s = (js < n_sinks) & (js < prefix) & (split == 0)
+        s_off = ((seq * n_sinks + js).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+        k_s = tl.load(sk_ptr + s_off, mask=ok_s[:, None], other=0.0)
+        s_s = tl.where(ok_s[None, :], _mm(qo, tl.trans(k_s), LOWP) * qk_scale, float("-inf"))
+        p_s, alpha_s, m_i, l_i = _online_update(s_s, m_i, l_i)
+        v_s = tl.load(sv_ptr + s_off, mask=ok_s[:, None], other=0.0)
+        acc_o = acc_o * alpha_s[:, None] + _mm(p_s, v_s, LOWP)
+        a4, a3, a2, a1, lq = _rescale(a4, a3, a2, a1, lq, alpha_s)
+    hi = tl.where(split == num_splits - 1, tl.minimum(q_len, (qb + 1) * BLOCK_Q), 0)
+    j0 = 0
+    while j0 < hi:
+        j = j0 + n
+        ok_f = j < hi
+        f_off = ((q0 + j).to(tl.int64) * H + h)[:, None] * D + d[None, :]
+        k_f = tl.load(kn_ptr + f_off, mask=ok_f[:, None], other=0.0)
+        s_f = _mm(qo, tl.trans(k_f), LOWP) * qk_scale
+        s_f = tl.where(ok_f[None, :] & (j[None, :] <= qpos[:, None]), s_f, float("-inf"))
+        p_f, alpha_f, m_i, l_i = _online_update(s_f, m_i, l_i)
+        v_f = tl.load(vn_ptr + f_off, mask=ok_f[:, None], other=0.0)
+        acc_o = acc_o * alpha_f[:, None] + _mm(p_f, v_f, LOWP)
+        if PACKED:
+            a4, a3, a2, a1, lq = _rescale(a4, a3, a2, a1, lq, alpha_f)
+        j0 += BLOCK_N
 
     out = split.to(tl.int64) * Tq * Hq + row
     inv = tl.where(l_i > 0, 1.0 / tl.maximum(l_i, 1e-30), 0.0)

@@ -1,0 +1,136 @@
+"""Registers and spills of the attention kernel compiled for the H200 (sm_90), without a GPU.
+
+Triton compiles to PTX and Triton's bundled `ptxas` assembles it for sm_90 on the CPU, so the
+register count and spill bytes that `benchmarks/attention.py` records on the GPU can be read here
+for any kernel revision and tile choice. Decode of the benchmark's layer (a Llama-70B layer: 8 KV
+heads, GQA 8, head dim 128, the synthetic `oscar` codec of attention.py) and the same-design bf16
+kernel, at the block sizes and warp counts the GPU tuner tries.
+
+    python benchmarks/kernel_registers.py --out benchmarks/results/kernel-registers-sm90.json
+    python benchmarks/kernel_registers.py --kernel-file OLD_attention.py ...   # another revision
+
+Counting only: speed needs the GPU (attention.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from _record import provenance, write_result  # noqa: E402
+
+# argument types of _attn_kernel by name (pointers by the dtype the host passes, see attention._launch)
+_PTR = {"qt_ptr": "*fp32", "qo_ptr": "*fp32", "cm_ptr": "*fp32", "rm_ptr": "*fp32", "invf_ptr": "*fp64",
+        "cn_ptr": "*fp32", "sn_ptr": "*fp32", "cache_ptr": "*u8", "kc_ptr": "*bf16", "vc_ptr": "*bf16",
+        "bt_ptr": "*i32", "prefix_ptr": "*i32", "cuq_ptr": "*i32", "sk_ptr": "*bf16", "sv_ptr": "*bf16",
+        "kn_ptr": "*bf16", "vn_ptr": "*bf16", "lev_ptr": "*fp32", "acct_ptr": "*fp32", "acco_ptr": "*fp32",
+        "lq_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32"}
+
+
+def compile_stats(fn, constexprs: dict, num_warps: int, aligned: tuple[str, ...] = ()) -> dict:
+    """Compile `fn` for sm_90 with the given constexprs; ints are i32 and floats fp32. As a launch
+    from PyTorch would specialize them: pointers and the ints in `aligned` are multiples of 16."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in _PTR:
+            sig[name] = _PTR[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name == "qk_scale":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+            if name in aligned:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    # n_regs/n_spills come from the driver at load time; without one, ptxas's report gives them
+    return _ptxas_report(k)
+
+
+def _ptxas_report(kernel) -> dict:
+    """Registers and spill stores/loads from `ptxas -v` on the kernel's PTX (sm_90a)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptx = kernel.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "k.ptx"
+        p.write_text(ptx)
+        ptxas = get_ptxas(90).path
+        out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", str(p), "-o", str(Path(tmp) / "k.cubin")],
+                             capture_output=True, text=True, check=True)
+    text = out.stderr + out.stdout
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    stack = re.search(r"(\d+) bytes stack frame", text)
+    return {"registers": int(regs.group(1)) if regs else None,
+            "spill_store_bytes": int(spill.group(1)) if spill else None,
+            "spill_load_bytes": int(spill.group(2)) if spill else None,
+            "stack_frame_bytes": int(stack.group(1)) if stack else None}
+
+
+def load_kernel_module(path: str | None):
+    """oscar_cluster.kernels.attention, or the same file at `path` (another revision, imported as
+    part of the installed package so its relative imports resolve)."""
+    import oscar_cluster.kernels.attention as current
+
+    if path is None:
+        return current
+    spec = importlib.util.spec_from_file_location("oscar_cluster.kernels._attention_rev", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kernel-file", default=None, help="an attention.py of another revision (default: installed)")
+    ap.add_argument("--label", default="current")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    from attention import synthetic_codec
+
+    from oscar_cluster.kernels.layout import group_args, layer_tables
+
+    mod = load_kernel_module(args.kernel_file)
+    d, H, Hq = 128, 8, 64
+    codec = synthetic_codec(d, H, Hq)
+    tb = layer_tables(codec, 0)
+    G = Hq // H
+    rows = []
+    for packed in (True, False):
+        groups = tb.groups if packed else ((0, 0, 0, 0), (0, 0, 0, 0))
+        for block_n in (16, 32, 64):
+            for num_warps in (2, 4, 8):
+                const = dict(D=d, HALF=d // 2, BLOCK_Q=1, G_P2=G, BLOCK_M=max(16, G), BLOCK_N=block_n,
+                             BLOCK_S=16, SPLIT=True, HAS_ROPE=packed and tb.has_rope_mean, PACKED=packed, LOWP=1,
+                             **{k: v for k, v in {**group_args("K", groups[0]), **group_args("V", groups[1])}.items()
+                                if k.endswith("P")})
+                # decode of 8 sequences: one query block per sequence (n_qblocks = 1 is specialized
+                # as a constant at launch), 64 query heads and pages of 16 slots
+                st = compile_stats(mod._attn_kernel, {**const, "n_qblocks": 1}, num_warps,
+                                   aligned=("Hq", "block_size"))
+                rows.append({"kernel": "oscar" if packed else "bf16", "block_n": block_n, "num_warps": num_warps, **st})
+                print(f"{rows[-1]['kernel']:5s} block_n {block_n:2d} warps {num_warps}: {st}", flush=True)
+    write_result(args.out, {"benchmark": "attention kernel registers and spills for sm_90 (ptxas, no GPU)",
+                            **provenance(), "revision": args.label, "kernel_file": args.kernel_file or "installed",
+                            "layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "groups": [list(g) for g in tb.groups]},
+                            "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,7 @@ from oscar_cluster import codecs  # noqa: E402
 from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,  # noqa: E402
                                    paged_attention_reference, write_kv, write_kv_reference)
 from oscar_cluster.kernels.paged_cache import PagedKVCache, paged_attention_enabled  # noqa: E402
+from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO  # noqa: E402
 from oscar_cluster.synthetic import offset_key_codec, synthetic_oscar_codec  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -392,18 +393,24 @@ def section_precision(prefix: int = 4096, ratios=(1.0, 9.3, 58.0)) -> dict:
         vn = torch.randn(B, H, d, device=DEV).bfloat16().float()
         sm = d ** -0.5
         ref = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm).double()
-        row = {"offset_ratio": ratio, "prefix": prefix, "batch": B}
-        for mode in ("bf16", "fp32"):
-            def run(mode=mode):
-                return paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision=mode,
-                                       max_q_len=1, max_prefix=prefix)
+        row = {"offset_ratio": ratio, "measured_offset_ratio": tb.rope_offset_ratio, "prefix": prefix, "batch": B,
+               "rope_split_default": tb.has_rope_mean and tb.rope_offset_ratio > ROPE_SPLIT_RATIO}
+        # bf16: the default (RoPE-mean term split above ROPE_SPLIT_RATIO); bf16_split / bf16_single:
+        # the term forced to three products / one; fp32: exact
+        for mode, prec, split in (("bf16", "bf16", None), ("bf16_split", "bf16", True),
+                                  ("bf16_single", "bf16", False), ("fp32", "fp32", None)):
+            def run(prec=prec, split=split):
+                return paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision=prec,
+                                       rope_split=split, max_q_len=1, max_prefix=prefix)
             out = run().double()
             row[f"rel_err_{mode}"] = float((out - ref).norm() / ref.norm())
             row[f"decode_ms_{mode}"] = median_ms(run)
         rows.append(row)
-        print(f"precision: offset {ratio:5.1f}x  bf16 {row['rel_err_bf16']:.2e} ({row['decode_ms_bf16']:.3f} ms)  "
-              f"fp32 {row['rel_err_fp32']:.2e} ({row['decode_ms_fp32']:.3f} ms)", flush=True)
-    return {"rows": rows, "bf16_within_1pct": all(r["rel_err_bf16"] < 1e-2 for r in rows)}
+        print(f"precision: offset {ratio:5.1f}x  " + "  ".join(
+            f"{m} {row[f'rel_err_{m}']:.2e} ({row[f'decode_ms_{m}']:.3f} ms)"
+            for m in ("bf16", "bf16_split", "bf16_single", "fp32")), flush=True)
+    return {"rows": rows, "rope_split_ratio": ROPE_SPLIT_RATIO,
+            "bf16_within_1pct": all(r["rel_err_bf16"] < 1e-2 for r in rows)}
 
 
 def section_compile(layouts: int = 8, seed: int = 0) -> dict:

@@ -4,7 +4,9 @@ Triton compiles to PTX and Triton's bundled `ptxas` assembles it for sm_90 on th
 register count and spill bytes that `benchmarks/attention.py` records on the GPU can be read here
 for any kernel revision and tile choice. Decode of the benchmark's layer (a Llama-70B layer: 8 KV
 heads, GQA 8, head dim 128, the synthetic `oscar` codec of attention.py) and the same-design bf16
-kernel, at the block sizes and warp counts the GPU tuner tries.
+kernel, at the block sizes and warp counts the GPU tuner tries. The RoPE-mean term is compiled both
+ways: split (layers whose key offset exceeds attention.ROPE_SPLIT_RATIO) and in one product (the
+others: 24 of Qwen2.5-1.5B's 28 layers by key-offsets-qwen2.5-coder-1.5b-cpu.json).
 
     python benchmarks/kernel_registers.py --out benchmarks/results/kernel-registers-sm90.json
     python benchmarks/kernel_registers.py --kernel-file OLD_attention.py ...   # another revision
@@ -112,20 +114,26 @@ def main() -> None:
     tb = layer_tables(codec, 0)
     G = Hq // H
     rows = []
-    for packed in (True, False):
+    split_arg = "ROPE_SPLIT" in mod._attn_kernel.arg_names  # revisions before 2026-11-30 always split
+    kinds = [("oscar", True, True), ("oscar, RoPE term in one product", True, False), ("bf16", False, False)]
+    for name, packed, split in kinds:
+        if packed and not split and not split_arg:
+            continue
         groups = tb.groups if packed else ((0, 0, 0, 0), (0, 0, 0, 0))
         for block_n in (16, 32, 64):
             for num_warps in (2, 4, 8):
+                extra = {"ROPE_SPLIT": split} if split_arg else {}
                 const = dict(D=d, HALF=d // 2, BLOCK_Q=1, G_P2=G, BLOCK_M=max(16, G), BLOCK_N=block_n,
                              BLOCK_S=16, SPLIT=True, HAS_ROPE=packed and tb.has_rope_mean, PACKED=packed, LOWP=1,
+                             **extra,
                              **{k: v for k, v in {**group_args("K", groups[0]), **group_args("V", groups[1])}.items()
                                 if k.endswith("P")})
                 # decode of 8 sequences: one query block per sequence (n_qblocks = 1 is specialized
                 # as a constant at launch), 64 query heads and pages of 16 slots
                 st = compile_stats(mod._attn_kernel, {**const, "n_qblocks": 1}, num_warps,
                                    aligned=("Hq", "block_size"))
-                rows.append({"kernel": "oscar" if packed else "bf16", "block_n": block_n, "num_warps": num_warps, **st})
-                print(f"{rows[-1]['kernel']:5s} block_n {block_n:2d} warps {num_warps}: {st}", flush=True)
+                rows.append({"kernel": name, "block_n": block_n, "num_warps": num_warps, **st})
+                print(f"{name:32s} block_n {block_n:2d} warps {num_warps}: {st}", flush=True)
     write_result(args.out, {"benchmark": "attention kernel registers and spills for sm_90 (ptxas, no GPU)",
                             **provenance(), "revision": args.label, "kernel_file": args.kernel_file or "installed",
                             "layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "groups": [list(g) for g in tb.groups]},

@@ -21,6 +21,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--prefix", type=int, default=64)
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 9.3, 20.0, 58.0])
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("run with TRITON_INTERPRET=1 (the CPU interpreter); on a GPU use attention.py --sections precision")
@@ -29,9 +30,10 @@ def main() -> None:
 
     bench.DEV = torch.device("cpu")
     bench.median_ms = lambda fn, graph=True: float("nan")  # not timed here
-    res = bench.section_precision(prefix=args.prefix, ratios=(0.0, 9.3, 58.0))
+    res = bench.section_precision(prefix=args.prefix, ratios=tuple(args.ratios))
     for r in res["rows"]:
-        r.pop("decode_ms_bf16"), r.pop("decode_ms_fp32")
+        for k in [k for k in r if k.startswith("decode_ms_")]:
+            r.pop(k)
     write_result(args.out, {"benchmark": "paged_attention precision on offset keys (CPU interpreter, bf16 emulated)",
                             **provenance(triton=__import__("triton").__version__), **res})
 

@@ -37,6 +37,8 @@ __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_at
            "paged_attention_reference", "paged_attention_bf16_reference", "rope_tile_table"]
 
 LOG2E = 1.4426950408889634
+ROPE_SPLIT_RATIO = 3.0  # key offset (||mean|| / rms of the rest) above which the RoPE-mean term is split:
+# one bf16 product adds 0.9% to the output error at 2x and 6% at 4x (benchmarks/results/attention-precision-cpu.json)
 
 
 @triton.jit
@@ -117,6 +119,17 @@ def _mm_split(a, b, LOWP: tl.constexpr):
 
 
 @triton.jit
+def _mm_rope(a, b, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr):
+    """The RoPE-mean term's product: split (about float32) where the layer's key offset is large,
+    one product elsewhere (the split's six bf16 products made the decode kernel spill registers:
+    benchmarks/results/kernel-registers-sm90.json)."""
+    if ROPE_SPLIT:
+        return _mm_split(a, b, LOWP)
+    else:
+        return _mm(a, b, LOWP)
+
+
+@triton.jit
 def _online_update(s, m_i, l_i):
     """One online-softmax step (base 2): -> (p, alpha, m_new, l_new)."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -131,9 +144,14 @@ def _rescale(a4, a3, a2, a1, lq, alpha):
     return (a4 * alpha[:, None], a3 * alpha[:, None], a2 * alpha[:, None], a1 * alpha[:, None], lq * alpha)
 
 
-# the layout's counts are run-time values (see group_args); 1 and multiples of 16 would otherwise
-# each compile a variant of their own
-@triton.jit(do_not_specialize=["K4", "K3", "K2", "K1", "V4", "V3", "V2", "V1"])
+# Run-time values, not specialized: Triton compiles a variant of its own for an int argument equal to
+# 1 and for one divisible by 16. Not specialized: the layout's counts (see group_args) and what
+# changes from call to call (tokens, block-table width, splits), so a growing context or another
+# batch size never recompiles; the model's shape (heads, page and slot sizes) is.
+PER_CALL_ARGS = ("Tq", "bt_stride", "tiles_per_split", "n_qblocks", "num_splits")
+
+
+@triton.jit(do_not_specialize=["K4", "K3", "K2", "K1", "V4", "V3", "V2", "V1", *PER_CALL_ARGS])
 def _attn_kernel(
     qt_ptr, qo_ptr, cm_ptr,  # [Tq, Hq, D] q k_W and [Tq, Hq] q.k_b, times qk_scale; [Tq, Hq, D] q as given
     rm_ptr, invf_ptr, cn_ptr, sn_ptr,  # [H, D] rope mean; [D/2] float64; [BLOCK_N, D/2] cos/sin(n w)
@@ -147,7 +165,7 @@ def _attn_kernel(
     qk_scale,  # sm_scale * log2(e), applied after q.k for keys given in full precision (as SDPA does)
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_Q: tl.constexpr, G_P2: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT: tl.constexpr, HAS_ROPE: tl.constexpr,
-    PACKED: tl.constexpr, LOWP: tl.constexpr,
+    PACKED: tl.constexpr, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr,
     # bit layout of the layer: segments of 8 channels at 4, 3, 2, 1 bits (K then V; run-time), and
     # the tile sizes (compiled in: the count rounded up to a power of two, at least 2; 1 = absent)
     K4, K3, K2, K1, V4, V3, V2, V1,
@@ -247,8 +265,8 @@ def _attn_kernel(
                 s0 = tl.sin(ang)
                 cn = tl.load(cn_ptr + n[:, None] * HALF + i[None, :])
                 sn = tl.load(sn_ptr + n[:, None] * HALF + i[None, :])
-                s += _mm_split(ra * c0[None, :] + rb * s0[None, :], tl.trans(cn), LOWP)
-                s += _mm_split(rb * c0[None, :] - ra * s0[None, :], tl.trans(sn), LOWP)
+                s += _mm_rope(ra * c0[None, :] + rb * s0[None, :], tl.trans(cn), LOWP, ROPE_SPLIT)
+                s += _mm_rope(rb * c0[None, :] - ra * s0[None, :], tl.trans(sn), LOWP, ROPE_SPLIT)
             s = tl.where(ok[None, :], s, float("-inf"))
             p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
             pv = p * _scale(base + vs_off, ok)[None, :]
@@ -324,7 +342,7 @@ def _attn_kernel(
         tl.store(lq_ptr + out, lq * inv, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows", "num_splits"])
 def _reduce_kernel(acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr, ot_ptr, oo_ptr, olq_ptr, rows,
                    num_splits, S_P2: tl.constexpr, D: tl.constexpr, PACKED: tl.constexpr):
     """Merge split-K partials of one (token, head) row by log-sum-exp and normalize."""
@@ -372,6 +390,16 @@ def _lowp(operand_precision: str | None, device: torch.device) -> int:
     return 1 if device.type == "cuda" else 2
 
 
+def _rope_split(rope_split: bool | None, tables: LayerTables | None) -> bool:
+    """Split precision for the RoPE-mean term: as asked, or where the layer's key offset exceeds
+    ROPE_SPLIT_RATIO (its product's bf16 rounding scales with the offset)."""
+    if tables is None or not tables.has_rope_mean:
+        return False
+    if rope_split is not None:
+        return bool(rope_split)
+    return tables.rope_offset_ratio > ROPE_SPLIT_RATIO
+
+
 def _default_splits(batch: int, kv_heads: int, tiles: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -398,7 +426,7 @@ def _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D):
 def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed, cache=None, k_cache=None,
             v_cache=None, tables=None, sink_k=None, sink_v=None, num_splits=None, max_q_len=None,
             max_prefix=None, block_n=None, block_q=None, poison=False, num_warps=None, stats=None,
-            operand_precision=None):
+            operand_precision=None, rope_split=None):
     H, D = k_new.shape[1], k_new.shape[2]
     if operand_precision not in (None, "bf16", "fp32"):
         raise ConfigError(f"operand_precision must be 'bf16' or 'fp32', got {operand_precision!r}")
@@ -472,7 +500,8 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         BLOCK_S=max(16, triton.next_power_of_2(max(S, 1))), SPLIT=num_splits > 1,
         HAS_ROPE=bool(packed and tables.has_rope_mean), PACKED=packed,
         **_group_args(groups),
-        LOWP=_lowp(operand_precision, dev), **launch,
+        LOWP=_lowp(operand_precision, dev), ROPE_SPLIT=_rope_split(rope_split, tables if packed else None),
+        **launch,
     )
     if stats is not None:  # benchmarks: registers and spills of the compiled kernel
         stats.update(n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None),
@@ -505,8 +534,10 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     Optional: num_splits, max_q_len, max_prefix (ints; pass them to avoid a device sync), block_n,
     block_q, num_warps, poison (fill scratch with NaN first; for tests), stats (a dict to receive the
     compiled kernel's registers and spills), operand_precision ("bf16", the default on CUDA: matrix
-    operands in bf16 with float32 accumulation, the RoPE-mean term to float32 accuracy; "fp32",
-    the default elsewhere: exact float32; "bf16" off the GPU emulates the GPU's rounding).
+    operands in bf16 with float32 accumulation; "fp32", the default elsewhere: exact float32; "bf16"
+    off the GPU emulates the GPU's rounding), rope_split (with bf16 operands, the RoPE-mean term to
+    about float32 accuracy from three bf16 products; default: where tables.rope_offset_ratio >
+    ROPE_SPLIT_RATIO).
     Returns [tokens, q_heads, d] in q's dtype."""
     check_cache(cache, tables)
     B = prefix_lens.shape[0]

@@ -129,6 +129,9 @@ class LayerTables:
     kv_heads: int
     has_rope_mean: bool  # host-side flag: reading it never syncs the device (CUDA graphs)
     groups: tuple  # ((K segments at 4, 3, 2, 1 bits), (V ...)): the layout as the attention kernel takes it
+    # host-side: the largest ||rope_mean|| / rms ||k - mean|| over the heads (rope_offset_ratio); the
+    # attention kernel computes the RoPE-mean term in split precision above ROPE_SPLIT_RATIO
+    rope_offset_ratio: float = 0.0
 
     @property
     def k_scale_offset(self) -> int:
@@ -179,7 +182,18 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
         levels=level_table(codec), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
         kv_heads=int(kc.T.shape[0]), has_rope_mean=bool(kc.rope_mean.abs().max() > 0),
         groups=(_groups(kc.bits, layer, "k"), _groups(vc.bits, layer, "v")))
+    tables.rope_offset_ratio = rope_offset_ratio(tables.rope_mean, tables.k_W)
     return tables.to(device)
+
+
+def rope_offset_ratio(rope_mean: torch.Tensor, k_W: torch.Tensor) -> float:
+    """rope_mean: [H, d]; k_W: [H, d, d] -> max over heads of ||m|| / rms ||k - R_p m||.
+
+    The keys' varying part is k_W (s L) with unit-variance levels, so its mean squared norm is
+    ||k_W||_F^2: the ratio compares the RoPE-mean term q.R_p m with the scores' varying part."""
+    m = rope_mean.double().norm(dim=-1)
+    var = k_W.double().flatten(1).norm(dim=-1).clamp_min(1e-30)
+    return float((m / var).max()) if m.numel() else 0.0
 
 
 
@@ -201,4 +215,5 @@ def shard_tables(tables: LayerTables, rank: int, world: int) -> LayerTables:
     for name in _PER_HEAD:
         fields[name] = fields[name][lo:lo + n].contiguous()
     fields["kv_heads"] = n
+    fields["rope_offset_ratio"] = rope_offset_ratio(fields["rope_mean"], fields["k_W"])
     return LayerTables(**fields)

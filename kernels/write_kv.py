@@ -88,9 +88,10 @@ def _group_pack(z, scale, lev_ptr, base, valid, OFF, B: tl.constexpr, NSEG, NSEG
     tl.store(base[:, None, None] + OFF + seg[None, :, None] * B + byt[None, None, :], out.to(tl.uint8), mask=msk)
 
 
-# layout counts and offsets are run-time values (see group_args); 1 and multiples of 16 would
-# otherwise each compile a variant of their own
-@triton.jit(do_not_specialize=["OFF", "G4", "G3", "G2", "G1"])
+# layout counts and offsets are run-time values (see group_args), and so is the token count (a
+# decode step's batch and a prefill chunk would otherwise compile variants of their own: Triton
+# specializes ints equal to 1 and ints divisible by 16)
+@triton.jit(do_not_specialize=["OFF", "G4", "G3", "G2", "G1", "n_tokens"])
 def _write_kind_kernel(
     x_ptr,  # [T, H, D] keys or values (any float dtype); already transformed when TRANSFORM is False
     pos_ptr,  # [T] int positions

@@ -14,6 +14,7 @@ from oscar_cluster.errors import ConfigError
 from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,
                                    paged_attention_bf16_reference, paged_attention_reference, write_kv,
                                    write_kv_reference)
+from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO
 from oscar_cluster.kernels.write_kv import read_slots
 from oscar_cluster.synthetic import offset_key_codec, synthetic_oscar_codec
 
@@ -186,15 +187,13 @@ def test_bad_inputs_are_named():
                         tb, 0.125)
 
 
-def test_bf16_operands_keep_a_large_rope_offset_within_1pct():
-    """On the GPU the matrix operands are bf16. A key offset 58x the varying part, carried by the
-    RoPE-mean term, then cost 3.6% of the output on Qwen2.5's layer 0; that term is now a split
-    (three bf16 products). Emulated here (operand_precision='bf16' rounds operands to bf16)."""
+def _offset_batch(ratio, seed):
+    """Two sequences (300 and 77 cached tokens) of keys with a constant offset `ratio` times their
+    varying part, carried by the codec's RoPE-mean term; one decode query each."""
     d, H, Hq, bs = 64, 1, 4, 16
-    g = torch.Generator().manual_seed(58)
-    codec, keys = offset_key_codec(d, H, Hq, 58.0, seed=58)
+    g = torch.Generator().manual_seed(seed)
+    codec, keys = offset_key_codec(d, H, Hq, ratio, seed=seed)
     tb = layer_tables(codec, 0)
-    assert tb.has_rope_mean
     prefix = [300, 77]
     per_seq = -(-max(prefix) // bs)
     nb = 2 * per_seq + 1
@@ -215,12 +214,62 @@ def test_bf16_operands_keep_a_large_rope_offset_within_1pct():
     sm = d ** -0.5
     want = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm).double()
 
-    def rel(x):
-        return float((x.double() - want).norm() / want.norm())
+    def rel_err(**kw):
+        got = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, **kw)
+        return float((got.double() - want).norm() / want.norm())
 
-    exact = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="fp32")
-    bf16 = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="bf16")
-    assert rel(exact) < 1e-4
-    assert rel(bf16) < 1e-2, f"bf16 operands: {rel(bf16):.3%} of the output"
+    return tb, rel_err
+
+
+def test_bf16_operands_keep_a_large_rope_offset_within_1pct():
+    """On the GPU the matrix operands are bf16. A key offset 58x the varying part, carried by the
+    RoPE-mean term, then cost 3.6% of the output on Qwen2.5's layer 0; that term is now a split
+    (three bf16 products) on such layers. Emulated here (operand_precision='bf16' rounds operands
+    to bf16)."""
+    tb, rel_err = _offset_batch(58.0, seed=58)
+    assert tb.has_rope_mean and tb.rope_offset_ratio == pytest.approx(58.0, rel=0.05)
+    assert rel_err(operand_precision="fp32") < 1e-4
+    split = rel_err(operand_precision="bf16")  # the default: split, the offset is above ROPE_SPLIT_RATIO
+    assert split < 1e-2, f"bf16 operands: {split:.3%} of the output"
+    assert split == rel_err(operand_precision="bf16", rope_split=True)
+    single = rel_err(operand_precision="bf16", rope_split=False)
+    assert single > 1.5 * split, f"one bf16 product should lose precision here: {single:.3%} vs {split:.3%}"
     with pytest.raises(ConfigError, match="operand_precision"):
-        paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="tf32")
+        rel_err(operand_precision="tf32")
+
+
+def test_small_rope_offset_takes_one_product_within_1pct():
+    """Below ROPE_SPLIT_RATIO the RoPE-mean term is one bf16 product (fewer registers), and the
+    output stays as close to the reference as with the split."""
+    tb, rel_err = _offset_batch(1.0, seed=1)
+    assert tb.rope_offset_ratio == pytest.approx(1.0, rel=0.05) and tb.rope_offset_ratio < ROPE_SPLIT_RATIO
+    default = rel_err(operand_precision="bf16")
+    assert default == rel_err(operand_precision="bf16", rope_split=False)  # the default is one product
+    assert default < 1e-2
+    assert default < 1.05 * rel_err(operand_precision="bf16", rope_split=True)
+
+
+def test_per_call_ints_are_not_specialized():
+    """Triton compiles a variant of its own when an int argument is 1 or a multiple of 16. Only the
+    model's shape may be specialized; token counts, block-table widths and split counts change from
+    call to call (a decode step vs a prefill chunk, a growing context), and each change would
+    otherwise cost a compile of several seconds on the first call that hits it."""
+    import importlib
+
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import JITFunction
+
+    att = importlib.import_module("oscar_cluster.kernels.attention")
+    wkv = importlib.import_module("oscar_cluster.kernels.write_kv")
+    model_shape = {"Hq", "H", "G", "block_size", "n_sinks", "slot_bytes", "ks_off", "vs_off", "scale_off"}
+    floats = {"qk_scale", "inv_coded"}
+    for kernel in (att._attn_kernel, att._reduce_kernel, wkv._write_kind_kernel):
+        if not isinstance(kernel, JITFunction):  # under TRITON_INTERPRET=1: the decorator's arguments
+            kernel = JITFunction(kernel.fn, **kernel.kwargs)
+        specialized = {p.name for p in kernel.params
+                       if not (p.do_not_specialize or p.is_constexpr or p.name.endswith("_ptr"))}
+        assert specialized - floats <= model_shape, f"{kernel.fn.__name__}: {sorted(specialized - model_shape)}"
+    # the rule the list above guards against, as Triton applies it
+    keys = {n: native_specialize_impl(BaseBackend, n, False, True, True) for n in (1, 50, 4096)}
+    assert len(set(keys.values())) == 3

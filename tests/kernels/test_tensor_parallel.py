@@ -44,6 +44,9 @@ def test_ranks_gather_to_the_single_rank_result(world):
         outs.append(paged_attention(q[:, r * gq:(r + 1) * gq], kn[:, heads], vn[:, heads], rank_cache, bt, pl, cu,
                                     sink_k[:, :, heads], sink_v[:, :, heads], tr, d ** -0.5))
     torch.testing.assert_close(torch.cat(outs, dim=1), want, atol=1e-5, rtol=1e-5)
+    # each rank's key-offset ratio (which picks the RoPE-mean term's precision) is its own heads'
+    ratios = [shard_tables(full, r, world).rope_offset_ratio for r in range(world)]
+    assert max(ratios) == pytest.approx(full.rope_offset_ratio, rel=1e-9)
 
 
 def test_tp_must_divide_the_kv_heads():

@@ -33,30 +33,36 @@ _PTR = {"qt_ptr": "*fp32", "qo_ptr": "*fp32", "cm_ptr": "*fp32", "rm_ptr": "*fp3
         "lq_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32"}
 
 
-def compile_stats(fn, constexprs: dict, num_warps: int, aligned: tuple[str, ...] = ()) -> dict:
-    """Compile `fn` for sm_90 with the given constexprs; ints are i32 and floats fp32. As a launch
+def compile_sm90(fn, constexprs: dict, num_warps: int, aligned: tuple[str, ...] = (), ptr_types: dict | None = None,
+                 floats: tuple[str, ...] = ("qk_scale",)):
+    """Compile `fn` for sm_90 (no GPU needed) -> Triton's compiled kernel. Pointer types from
+    `ptr_types` (default: _attn_kernel's), names in `floats` are fp32, other ints i32. As a launch
     from PyTorch would specialize them: pointers and the ints in `aligned` are multiples of 16."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    ptr_types = ptr_types or _PTR
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in _PTR:
-            sig[name] = _PTR[name]
+        elif name in ptr_types:
+            sig[name] = ptr_types[name]
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name == "qk_scale":
+        elif name in floats:
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
             if name in aligned:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-    # n_regs/n_spills come from the driver at load time; without one, ptxas's report gives them
-    return _ptxas_report(k)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def compile_stats(fn, constexprs: dict, num_warps: int, aligned: tuple[str, ...] = ()) -> dict:
+    """`compile_sm90`, then ptxas's registers and spills."""
+    return _ptxas_report(compile_sm90(fn, constexprs, num_warps, aligned))
 
 
 def _ptxas_report(kernel) -> dict:

@@ -37,6 +37,13 @@ class KernelEncoder:
             self._tables[layer] = layer_tables(self.codec, layer, self.device)
         return self._tables[layer]
 
+    def precompile(self, workers: int | None = None) -> dict:
+        """Compile every write_kv variant this codec needs, in parallel processes (see
+        `precompile.precompile_write_kv`); on a CPU nothing is compiled and the result says why."""
+        from .precompile import precompile_write_kv
+
+        return precompile_write_kv(self.codec, self.device, workers)
+
     def slots(self, k: torch.Tensor, v: torch.Tensor, layer: int, positions: torch.Tensor) -> torch.Tensor:
         """k, v: [n, H, d]; positions: [n] -> the written slots [n, H, slot_bytes] uint8."""
         t = self.tables(layer)

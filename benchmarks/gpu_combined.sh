@@ -3,16 +3,18 @@
 # GPU, until the deadline (seconds from now, first argument). Resumable: call it again with a new
 # deadline and it goes on where it stopped (oscar-eval rows, fitted artifacts and the combine choice
 # are kept under /tmp/abl and /tmp/ruler-combined).
-#   GPU 0: the ablations in $ABLATE (default 11,16,18: Python-docs text, and its key x2 and recent-32
-#          knobs) on the hard tasks at 8K, 50 samples, paired with bf16 -> /tmp/abl/gpu0.json; then
+#   GPU 0: the ablations in $ABLATE (default 16,18: Python-docs text with key x2, with a recent-32
+#          window) on the hard tasks at 8K, 50 samples, paired with bf16 -> /tmp/abl/gpu0.json; then
 #          the combined variant (needle_ablations.py --combine: the best text with every knob that
 #          beat the knob-free variant of its text, within 2.25 true bits at 8K) on the hard tasks;
 #          then that artifact on the other 5 needle tasks at 8K, on 4 of the 8 at 32K, and
 #          wikitext-2 perplexity (3 windows of 32K) with bf16.
-#   GPU 1: bf16 on the 8 needle tasks at 32K, then the combined artifact on the other 4 at 32K, then
+#   GPU 1: bf16 on the 8 needle tasks at 32K (394 of the 400 samples are committed), then the combined artifact on the other 4 at 32K, then
 #          the baselines (kivi2, hadamard2, oscar-paper) on the hard tasks at 8K, 20 samples.
-# 8K bf16 rows to pair with are the committed ones (quality/ruler.jsonl, same seeded prompts) and
-# GPU 0's own. Everything lands in $OUT: ruler/ (merged rows, paired tables), ablations/, ppl/.
+# Rows the repository already has are seeded, not measured again (see seed_rows). paired-new.json
+# pairs with the bf16 rows of this run's merge only; the 8K bf16 rows of the other five tasks are in
+# quality/python-docs/ruler.jsonl (pair with benchmarks/ruler_table.py on the rows put together).
+# Everything lands in $OUT: ruler/ (merged rows, paired tables), ablations/, ppl/.
 # The oscar storage step is the Triton write_kv (ENCODER=kernels; the codec's PyTorch encode ran
 # at 2.7 s per sample in the 2026-11-30 ablations against 0.1-1 s for the kernels in the 8K run).
 #   bash benchmarks/gpu_combined.sh 560
@@ -32,10 +34,20 @@ EASY8K=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multiquery
 A=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1
 B=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
 ENC=${ENCODER:-kernels}
-ABLATE=${ABLATE:-11,16,18}
+ABLATE=${ABLATE:-16,18}  # 11 (docs text, no knob) ran on 2026-11-30: quality/ablations-qwen-8k-h200-kernels.json
 R=/tmp/ruler-combined
-WIKI=/tmp/gpu/data/wiki.test.raw
-mkdir -p $R /tmp/abl $OUT/ablations $OUT/ppl
+: "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
+WIKI=$REPO/.gpu/data/wiki.test.raw; [ -f "$WIKI" ] || WIKI=/tmp/gpu/data/wiki.test.raw
+COMMITTED=$REPO/benchmarks/results/quality/python-docs/ruler.jsonl
+mkdir -p $R/gpu1 /tmp/abl/gpu0/bf16 $OUT/ablations $OUT/ppl
+# Rows already committed are not measured again (the prompts are seeded: same ids, same prompts):
+# bf16 at 32K for GPU 1, and bf16 at 8K on the hard tasks for the ablations' pairing
+seed_rows() {  # file length tasks-regex
+  [ -s "$1" ] || grep '"codec": "bf16"' $COMMITTED | grep "\"length\": $2," | grep -E "\"task\": \"($3)\"" > "$1" || true
+}
+seed_rows $R/gpu1/ruler.jsonl 32768 'niah_[a-z_0-9]+'
+seed_rows /tmp/abl/gpu0/bf16/ruler.jsonl 8192 "${HARD//,/|}"
+[ -f $ART/variant.json ] || rm -f /tmp/abl/combine.done  # a marker from an earlier call whose combine did not finish
 if [ ! -d /tmp/pydocs ]; then tar -C /tmp -xJf /tmp/gpu/data/pydocs-library.tar.xz || exit 1; fi
 cd /tmp
 left() { echo $(( DEADLINE - $(date +%s) )); }
@@ -49,8 +61,8 @@ stage() {  # gpu codecs tasks ctx samples [extra oscar-eval args...]
     "${art[@]}" "$@" --out $R/gpu$g --quiet >> $R/gpu$g.log 2>&1
   echo "gpu$g stage $codecs|$tasks|$ctx|$n -> rc $? at $(date +%T)" >> $R/gpu$g.log
 }
-ablate() {  # extra needle_ablations.py args (GPU 0)
-  [ $(left) -gt 30 ] || return 0
+ablate() {  # extra needle_ablations.py args (GPU 0); fails when there is no time left to run
+  [ $(left) -gt 30 ] || return 1
   CUDA_VISIBLE_DEVICES=0 timeout -s TERM $(left) python3 $REPO/benchmarks/needle_ablations.py \
     --model $M --device cuda --ctx 8192 --samples 50 --batch 64 --prefill-chunk 2048 --encoder $ENC \
     --tasks $HARD --python-docs /tmp/pydocs --work /tmp/abl/gpu0 "$@"
@@ -62,15 +74,17 @@ ablate() {  # extra needle_ablations.py args (GPU 0)
 p1=$!
 if [ -n "$ABLATE" ] && [ ! -f /tmp/abl/ablate.done ]; then
   ablate --variants $ABLATE --fit-only >> /tmp/abl/fit0.log 2>&1  # fits in a fresh process (see gpu_ablations.sh)
-  ablate --variants $ABLATE --out /tmp/abl/gpu0.json >> /tmp/abl/gpu0.log 2>&1 && touch /tmp/abl/ablate.done
+  ablate --variants $ABLATE --out /tmp/abl/gpu0.json >> /tmp/abl/gpu0.log 2>&1 && [ -f /tmp/abl/gpu0.json ] \
+    && touch /tmp/abl/ablate.done
 fi
-if [ -f /tmp/abl/ablate.done ] || [ -z "$ABLATE" ]; then
-  EARLIER=$REPO/benchmarks/results/quality/ablations-qwen-8k-h200.json
+if [ ! -f $ART/variant.json ] && { [ -f /tmp/abl/ablate.done ] || [ -z "$ABLATE" ]; }; then
+  # the write_kv rows first: a knob's gain is then measured against the docs variant of the same storage path
+  EARLIER=$REPO/benchmarks/results/quality/ablations-qwen-8k-h200-kernels.json
+  EARLIER=$EARLIER,$REPO/benchmarks/results/quality/ablations-qwen-8k-h200.json
   [ -f /tmp/abl/gpu0.json ] && EARLIER=$EARLIER,/tmp/abl/gpu0.json
-  ablate --variants "" --combine $EARLIER --out /tmp/abl/combined.json >> /tmp/abl/combined.log 2>&1 \
-    && touch /tmp/abl/combine.done
+  ablate --variants "" --combine $EARLIER --out /tmp/abl/combined.json >> /tmp/abl/combined.log 2>&1
 fi
-[ $(left) -gt 30 ] || touch /tmp/abl/combine.done  # GPU 1 stops waiting
+touch /tmp/abl/combine.done  # GPU 1 stops waiting, whatever became of the combine
 grep -hE "^v|Error|error" /tmp/abl/fit0.log /tmp/abl/gpu0.log /tmp/abl/combined.log 2>/dev/null | tail -n 12
 cp /tmp/abl/*.json /tmp/abl/*.log $OUT/ablations/ 2>/dev/null; cp $ART/variant.json $OUT/ablations/ 2>/dev/null
 if [ -f $ART/variant.json ]; then

@@ -201,6 +201,20 @@ def _plot(summary: list[dict], path: Path) -> None:
     _save_figure(fig, path)
 
 
+def _precompile(name: str, encoder, progress: bool) -> None:
+    """Compile the encoder's kernel variants in parallel processes (an optimization: a failure is
+    reported and the kernels then compile on first use, as without it)."""
+    try:
+        info = encoder.precompile()
+    except Exception as err:
+        print(f"oscar-eval: {name}: parallel precompile failed ({type(err).__name__}: {err}); "
+              "the kernels compile on first use instead", flush=True)
+        return
+    if progress:
+        print(f"oscar-eval: {name}: {info['variants']} write_kv variants compiled from {info['layers']} layers "
+              f"in {info['workers']} processes, {info['seconds']} s", flush=True)
+
+
 def _encoders(cfg: EvalConfig, codec_objs: dict, device) -> dict:
     """Per codec, how OscarCache stores tokens: the Triton write_kv for `oscar` on CUDA (unless
     --encoder codec), else the codec's own PyTorch encode. The choice is printed, never silent."""
@@ -247,20 +261,10 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
     codec_objs = _codecs(cfg, model, tok, progress)
     device = next(model.parameters()).device
     encoders = _encoders(cfg, codec_objs, device)
-    for name, e in encoders.items():
-        if progress:
+    if progress:
+        for name, e in encoders.items():
             print(f"oscar-eval: {name} stores tokens with {'the Triton write_kv kernel' if e else 'its PyTorch encode'}",
                   flush=True)
-        if e is not None and device.type == "cuda":  # compile its variants in parallel, not one by one in batch 1
-            try:
-                info = e.precompile()
-            except Exception as err:  # an optimization only: say so, and compile on first use as before
-                print(f"oscar-eval: {name}: parallel precompile failed ({type(err).__name__}: {err}); "
-                      "the kernels compile on first use instead", flush=True)
-            else:
-                if progress:
-                    print(f"oscar-eval: {name}: {info['variants']} write_kv variants compiled from {info['layers']} "
-                          f"layers in {info['workers']} processes, {info['seconds']} s", flush=True)
     out = Path(cfg.out)  # created only once the model and codecs are known good
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "ruler.jsonl"
@@ -275,6 +279,9 @@ def run_ruler(cfg: EvalConfig, progress: bool = True, model_and_tokenizer=None) 
     todo += [(c, "niah_grid", n, i, dp) for i0 in blocks for n in cfg.lengths for dp in cfg.grid_depths
              for c in cfg.codecs for i in range(i0, min(cfg.samples, i0 + cfg.batch))
              if _row_id(c, "niah_grid", n, i, dp) not in done]
+    for name in {row[0] for row in todo}:  # compile write_kv's variants in parallel, not one by one in batch 1
+        if encoders.get(name) is not None and device.type == "cuda":
+            _precompile(name, encoders[name], progress)
     new = 0
     samples: dict[tuple, object] = {}
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)

@@ -81,7 +81,7 @@ def codec_with_layouts(yaml_path: str):
     return codec, {"model": m, "content_sha256": None, "layouts_from": yaml_path}
 
 
-_WRITE_PTR = {"x_ptr": "*bf16", "pos_ptr": "*i64", "slot_ptr": "*i64", "cache_ptr": "*u8", "t_ptr": "*fp32",
+_WRITE_PTR = {"x_ptr": "*bf16", "pos_ptr": "*i32", "slot_ptr": "*i64", "cache_ptr": "*u8", "t_ptr": "*fp32",
               "mean_ptr": "*fp32", "std_ptr": "*fp32", "rm_ptr": "*fp32", "invf_ptr": "*fp64", "lev_ptr": "*fp32"}
 
 

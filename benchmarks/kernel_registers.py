@@ -6,7 +6,8 @@ for any kernel revision and tile choice. Decode of the benchmark's layer (a Llam
 heads, GQA 8, head dim 128, the synthetic `oscar` codec of attention.py) and the same-design bf16
 kernel, at the block sizes and warp counts the GPU tuner tries. The RoPE-mean term is compiled both
 ways: split (layers whose key offset exceeds attention.ROPE_SPLIT_RATIO) and in one product (the
-others: 24 of Qwen2.5-1.5B's 28 layers by key-offsets-qwen2.5-coder-1.5b-cpu.json).
+others: on Qwen2.5-1.5B's real keys 24 of 28 layers have an offset below 3x, by the related measure
+of key-offsets-qwen2.5-coder-1.5b-cpu.json), and without the term (codecs fitted with key_mean="global").
 
     python benchmarks/kernel_registers.py --out benchmarks/results/kernel-registers-sm90.json
     python benchmarks/kernel_registers.py --kernel-file OLD_attention.py ...   # another revision
@@ -107,6 +108,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel-file", default=None, help="an attention.py of another revision (default: installed)")
     ap.add_argument("--label", default="current")
+    ap.add_argument("--write-kv", metavar="OSCAR_YAML", default=None,
+                    help="also write_kv's variants for an artifact's layouts (oscar.yaml), transform fused or on the host")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -121,29 +124,69 @@ def main() -> None:
     G = Hq // H
     rows = []
     split_arg = "ROPE_SPLIT" in mod._attn_kernel.arg_names  # revisions before 2026-11-30 always split
-    kinds = [("oscar", True, True), ("oscar, RoPE term in one product", True, False), ("bf16", False, False)]
-    for name, packed, split in kinds:
-        if packed and not split and not split_arg:
+    # (name, packed pages, RoPE-mean term split, RoPE-mean term present); without the term: a codec
+    # fitted with key_mean="global"
+    kinds = [("oscar", True, True, True), ("oscar, RoPE term in one product", True, False, True),
+             ("oscar, no RoPE-mean term", True, False, False), ("bf16", False, False, False)]
+    # n_qblocks is 1 in decode: a constexpr where the revision lets Triton specialize it
+    jit = mod._attn_kernel
+    dns = set(getattr(jit, "do_not_specialize", None) or getattr(jit, "kwargs", {}).get("do_not_specialize", ()))
+    dns |= {jit.arg_names[i] for i in dns if isinstance(i, int)}
+    per_call_one = {} if "n_qblocks" in dns else {"n_qblocks": 1}
+    for name, packed, split, rope in kinds:
+        if packed and rope and not split and not split_arg:
             continue
         groups = tb.groups if packed else ((0, 0, 0, 0), (0, 0, 0, 0))
         for block_n in (16, 32, 64):
             for num_warps in (2, 4, 8):
                 extra = {"ROPE_SPLIT": split} if split_arg else {}
                 const = dict(D=d, HALF=d // 2, BLOCK_Q=1, G_P2=G, BLOCK_M=max(16, G), BLOCK_N=block_n,
-                             BLOCK_S=16, SPLIT=True, HAS_ROPE=packed and tb.has_rope_mean, PACKED=packed, LOWP=1,
+                             BLOCK_S=16, SPLIT=True, HAS_ROPE=packed and rope and tb.has_rope_mean, PACKED=packed, LOWP=1,
                              **extra,
                              **{k: v for k, v in {**group_args("K", groups[0]), **group_args("V", groups[1])}.items()
                                 if k.endswith("P")})
-                # decode of 8 sequences: one query block per sequence (n_qblocks = 1 is specialized
-                # as a constant at launch), 64 query heads and pages of 16 slots
-                st = compile_stats(mod._attn_kernel, {**const, "n_qblocks": 1}, num_warps,
+                # decode of 8 sequences: one query block per sequence, 64 query heads, pages of 16 slots
+                st = compile_stats(mod._attn_kernel, {**const, **per_call_one}, num_warps,
                                    aligned=("Hq", "block_size"))
                 rows.append({"kernel": name, "block_n": block_n, "num_warps": num_warps, **st})
                 print(f"{name:32s} block_n {block_n:2d} warps {num_warps}: {st}", flush=True)
-    write_result(args.out, {"benchmark": "attention kernel registers and spills for sm_90 (ptxas, no GPU)",
-                            **provenance(), "revision": args.label, "kernel_file": args.kernel_file or "installed",
-                            "layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "groups": [list(g) for g in tb.groups]},
-                            "rows": rows})
+    res = {"benchmark": "attention kernel registers and spills for sm_90 (ptxas, no GPU)",
+           **provenance(), "revision": args.label, "kernel_file": args.kernel_file or "installed",
+           "layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "groups": [list(g) for g in tb.groups]},
+           "rows": rows}
+    if args.write_kv:
+        res["write_kv"] = write_kv_rows(args.write_kv)
+    write_result(args.out, res)
+
+
+def write_kv_rows(yaml_path: str) -> dict:
+    """write_kv's registers and spills for every variant of the layouts in `yaml_path`, with the
+    transform fused in the kernel (bf16 input) and on the host (float32 input, TRANSFORM=False)."""
+    import importlib
+
+    from compile_variants import _WRITE_PTR, codec_with_layouts
+
+    from oscar_cluster.kernels.precompile import write_kv_variants
+
+    wkv = importlib.import_module("oscar_cluster.kernels.write_kv")
+    codec, _ = codec_with_layouts(yaml_path)
+    d = int(codec.head_dim)
+    rows = []
+    for kind, tiles, rope in sorted(write_kv_variants(codec)):
+        for transform in ("kernel", "host"):
+            ptr = dict(_WRITE_PTR, x_ptr="*bf16" if transform == "kernel" else "*fp32")
+            for block_t in (16, 32, 64):
+                for num_warps in (4, 8):
+                    const = dict(D=d, HALF=d // 2, BLOCK_T=block_t, SCALE_ITERS=2, TRANSFORM=transform == "kernel",
+                                 HAS_ROPE=rope and transform == "kernel", PRECISION="tf32x3",
+                                 **dict(zip(("G4P", "G3P", "G2P", "G1P"), tiles)))
+                    st = _ptxas_report(compile_sm90(wkv._write_kind_kernel, const, num_warps, ptr_types=ptr,
+                                                    floats=("inv_coded",)))
+                    rows.append({"kind": kind, "tiles": list(tiles), "transform": transform, "block_t": block_t,
+                                 "num_warps": num_warps, **st})
+                    print(f"write_kv {kind} {tiles} {transform:6s} block_t {block_t:2d} warps {num_warps}: {st}",
+                          flush=True)
+    return {"layouts": yaml_path, "variants": len(rows) // 12, "rows": rows}
 
 
 if __name__ == "__main__":

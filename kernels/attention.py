@@ -38,7 +38,8 @@ __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_at
 
 LOG2E = 1.4426950408889634
 ROPE_SPLIT_RATIO = 3.0  # key offset (||mean|| / rms of the rest) above which the RoPE-mean term is split:
-# one bf16 product adds 0.9% to the output error at 2x and 6% at 4x (benchmarks/results/attention-precision-cpu.json)
+# one bf16 product makes the output error 0.9% larger (relative) at 2x and 6% at 4x
+# (benchmarks/results/attention-precision-cpu.json)
 
 
 @triton.jit
@@ -444,7 +445,9 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         block_q = 1 if max_q_len <= 1 else max(1, min(triton.next_power_of_2(max_q_len), 128 // G_P2, 16))
     BLOCK_M = max(16, block_q * G_P2)
     if block_n is None:
-        block_n = 64 if dev.type == "cuda" and BLOCK_M <= 16 else 16
+        # packed pages: 16-key tiles (compiled for sm_90, 64-key tiles spill KBs per thread;
+        # benchmarks/results/kernel-registers-sm90.json); bf16 pages decode with 64 (the H200's tuned choice)
+        block_n = 64 if dev.type == "cuda" and BLOCK_M <= 16 and not packed else 16
     elif dev.type == "cuda" and BLOCK_M > 16 and block_n > 16:
         # Measured on the H200 (Triton 3.6): query blocks of more than 16 rows with key tiles of 32
         # or 64 give wrong results or faulting loads; 16-row blocks and 16-key tiles are exact

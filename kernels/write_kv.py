@@ -207,13 +207,17 @@ def _precision(device: torch.device) -> str:
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
              cache: torch.Tensor, tables: LayerTables, scale_iters: int = 2, block_t: int = 32,
-             num_warps: int | None = None) -> None:
+             num_warps: int | None = None, transform: str | None = None) -> None:
     """Encode and store new tokens.
 
     k, v: [tokens, kv_heads, d] (fp16/bf16/fp32); positions: [tokens] int; slot_mapping: [tokens]
     int (block * block_size + offset, -1 = padding); cache: [num_blocks, block_size, kv_heads,
     slot_bytes] uint8, written in place. Sinks (positions < tables.sinks) are written like any
-    token; the attention kernels read them from the bf16 sink buffers instead."""
+    token; the attention kernels read them from the bf16 sink buffers instead.
+    transform: where x' = T (x - R_p m) is computed: "kernel" (fused, head dims up to
+    MAX_IN_KERNEL_TRANSFORM_DIM, the default there), or "host" (one float32 batched matmul first: the
+    kernel then holds no [d, d] tile and, compiled for sm_90, spills far less:
+    benchmarks/kernel_registers.py --write-kv)."""
     _check_tokens("k", k, tables)
     _check_tokens("v", v, tables)
     n = k.shape[0]
@@ -224,7 +228,12 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
     if n == 0:
         return
     H, D = tables.kv_heads, tables.head_dim
-    in_kernel = D <= MAX_IN_KERNEL_TRANSFORM_DIM
+    if transform not in (None, "kernel", "host"):
+        raise ConfigError(f"transform must be 'kernel' or 'host', got {transform!r}")
+    if transform == "kernel" and D > MAX_IN_KERNEL_TRANSFORM_DIM:
+        raise ConfigError(f"transform='kernel' supports head dims up to {MAX_IN_KERNEL_TRANSFORM_DIM}, got {D}; "
+                          "use transform='host'")
+    in_kernel = transform == "kernel" or (transform is None and D <= MAX_IN_KERNEL_TRANSFORM_DIM)
     slots = slot_mapping.to(torch.int64).contiguous()
     pos = positions.to(torch.int32).contiguous()
     for kind, x, ct, T, mean, std in (("k", k, tables.k, tables.k_T, tables.k_mean, tables.k_std),

@@ -45,8 +45,8 @@ def _inputs(n, H, d, g, dtype=torch.float32):
     return k, v
 
 
-@pytest.mark.parametrize("layout", ["fitted", "random"])
-def test_write_kv_matches_codec(setup, layout):
+@pytest.mark.parametrize("layout,transform", [("fitted", None), ("random", None), ("fitted", "host")])
+def test_write_kv_matches_codec(setup, layout, transform):
     codec, d, H, _ = setup
     g = torch.Generator().manual_seed(11)
     if layout == "random":
@@ -59,7 +59,7 @@ def test_write_kv_matches_codec(setup, layout):
     slots[[3, 17]] = -1  # padding
     got = torch.full((nb, bs, H, tb.slot_bytes), POISON, dtype=torch.uint8)
     want = got.clone()
-    write_kv(k, v, pos, slots, got, tb)
+    write_kv(k, v, pos, slots, got, tb, transform=transform)
     write_kv_reference(codec, 0, k, v, pos, slots, want)
     untouched = torch.ones(nb * bs, dtype=torch.bool)
     untouched[slots[slots >= 0]] = False
@@ -161,6 +161,17 @@ def test_bf16_paged_kernel_matches_reference(splits):
     got = paged_attention_bf16(q, kn, vn, kc, vc, bt, pl, cu, d ** -0.5, num_splits=splits, poison=True)
     want = paged_attention_bf16_reference(q, kn, vn, kc, vc, bt, pl, cu, d ** -0.5)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_write_kv_transform_choice_is_checked():
+    codec = _fitted(256, 1, 2, seed=4)
+    tb = layer_tables(codec, 0)
+    k, v = _inputs(3, 1, 256, torch.Generator().manual_seed(0))
+    cache = torch.zeros(1, 16, 1, tb.slot_bytes, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match="up to 128, got 256"):
+        write_kv(k, v, torch.arange(3), torch.arange(3), cache, tb, transform="kernel")
+    with pytest.raises(ConfigError, match="'kernel' or 'host'"):
+        write_kv(k, v, torch.arange(3), torch.arange(3), cache, tb, transform="gpu")
 
 
 def test_bad_inputs_are_named():

@@ -7,6 +7,7 @@ import torch
 
 from oscar_cluster.errors import ConfigError
 from oscar_cluster.kernels import layer_tables, paged_attention, shard_tables, write_kv
+from oscar_cluster.kernels.layout import rope_offset_ratio
 
 from test_kernels import _fitted, _inputs
 
@@ -44,9 +45,19 @@ def test_ranks_gather_to_the_single_rank_result(world):
         outs.append(paged_attention(q[:, r * gq:(r + 1) * gq], kn[:, heads], vn[:, heads], rank_cache, bt, pl, cu,
                                     sink_k[:, :, heads], sink_v[:, :, heads], tr, d ** -0.5))
     torch.testing.assert_close(torch.cat(outs, dim=1), want, atol=1e-5, rtol=1e-5)
-    # each rank's key-offset ratio (which picks the RoPE-mean term's precision) is its own heads'
-    ratios = [shard_tables(full, r, world).rope_offset_ratio for r in range(world)]
-    assert max(ratios) == pytest.approx(full.rope_offset_ratio, rel=1e-9)
+
+
+def test_each_rank_has_its_own_heads_key_offset_ratio():
+    """The ratio picks the RoPE-mean term's precision per launch: a rank whose heads have small key
+    offsets must not inherit another rank's large one."""
+    full = layer_tables(_fitted(64, 4, 8, seed=5), 0)
+    full.rope_mean[0] *= 40  # head 0 (rank 0 of 2) gets a large offset
+    full.rope_offset_ratio = rope_offset_ratio(full.rope_mean, full.k_W)
+    ratios = [shard_tables(full, r, 2).rope_offset_ratio for r in range(2)]
+    for r in range(2):
+        heads = slice(2 * r, 2 * r + 2)
+        assert ratios[r] == pytest.approx(rope_offset_ratio(full.rope_mean[heads], full.k_W[heads]), rel=1e-9)
+    assert ratios[0] == pytest.approx(full.rope_offset_ratio, rel=1e-9) and ratios[1] < ratios[0] / 10
 
 
 def test_tp_must_divide_the_kv_heads():

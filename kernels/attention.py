@@ -148,7 +148,8 @@ def _rescale(a4, a3, a2, a1, lq, alpha):
 # Run-time values, not specialized: Triton compiles a variant of its own for an int argument equal to
 # 1 and for one divisible by 16. Not specialized: the layout's counts (see group_args) and what
 # changes from call to call (tokens, block-table width, splits), so a growing context or another
-# batch size never recompiles; the model's shape (heads, page and slot sizes) is.
+# batch size recompiles only where a constexpr changes (SPLIT once; the reduction's power-of-two
+# split count); the model's shape (heads, page and slot sizes) is specialized.
 PER_CALL_ARGS = ("Tq", "bt_stride", "tiles_per_split", "n_qblocks", "num_splits")
 
 

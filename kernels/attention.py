@@ -148,8 +148,8 @@ def _rescale(a4, a3, a2, a1, lq, alpha):
 # Run-time values, not specialized: Triton compiles a variant of its own for an int argument equal to
 # 1 and for one divisible by 16. Not specialized: the layout's counts (see group_args) and what
 # changes from call to call (tokens, block-table width, splits), so a growing context or another
-# batch size recompiles only where a constexpr changes (SPLIT once; the reduction's power-of-two
-# split count); the model's shape (heads, page and slot sizes) is specialized.
+# batch size recompiles only where a constexpr changes (SPLIT, once; the reduction's split tile
+# beyond 64 splits, see reduce_width); the model's shape (heads, page and slot sizes) is specialized.
 PER_CALL_ARGS = ("Tq", "bt_stride", "tiles_per_split", "n_qblocks", "num_splits")
 
 
@@ -402,6 +402,13 @@ def _rope_split(rope_split: bool | None, tables: LayerTables | None) -> bool:
     return tables.rope_offset_ratio > ROPE_SPLIT_RATIO
 
 
+def reduce_width(num_splits: int) -> int:
+    """The reduction kernel's split tile (a constexpr): 64 for up to 64 splits (the default split
+    count's cap), so a decode whose split count grows with the context compiles it once; the next
+    power of two beyond."""
+    return max(64, triton.next_power_of_2(num_splits))
+
+
 def _default_splits(batch: int, kv_heads: int, tiles: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -515,7 +522,7 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         o_o = torch.empty(Tq, Hq, D, **f32)
         o_lq = torch.empty(Tq, Hq, **f32) if packed else None
         _reduce_kernel[(Tq * Hq,)](acc_t, acc_o, lq, m, l, o_t if packed else o_o, o_o, o_lq if packed else o_o,
-                                   Tq * Hq, num_splits, S_P2=triton.next_power_of_2(num_splits), D=D,
+                                   Tq * Hq, num_splits, S_P2=reduce_width(num_splits), D=D,
                                    PACKED=packed)
     else:
         o_t, o_o, o_lq = acc_t[0], acc_o[0], lq[0]

@@ -281,6 +281,8 @@ def test_per_call_ints_are_not_specialized():
         specialized = {p.name for p in kernel.params
                        if not (p.do_not_specialize or p.is_constexpr or p.name.endswith("_ptr"))}
         assert specialized - floats <= model_shape, f"{kernel.fn.__name__}: {sorted(specialized - model_shape)}"
+    # the reduction's split tile is a constexpr: one value for every split count the default picks (<= 64)
+    assert {att.reduce_width(n) for n in range(1, 65)} == {64} and att.reduce_width(65) == 128
     # the rule the list above guards against, as Triton applies it
     keys = {n: native_specialize_impl(BaseBackend, n, False, True, True) for n in (1, 50, 4096)}
     assert len(set(keys.values())) == 3

@@ -110,8 +110,14 @@ def main() -> None:
     ap.add_argument("--label", default="current")
     ap.add_argument("--write-kv", metavar="OSCAR_YAML", default=None,
                     help="also write_kv's variants for an artifact's layouts (oscar.yaml), transform fused or on the host")
+    ap.add_argument("--reduce-only", action="store_true",
+                    help="only the split-K reduction kernel, at the split tiles reduce_width gives")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.reduce_only:
+        write_result(args.out, {"benchmark": "split-K reduction kernel registers and spills for sm_90 (ptxas, no GPU)",
+                                **provenance(), "rows": reduce_rows()})
+        return
 
     from attention import synthetic_codec
 
@@ -157,6 +163,21 @@ def main() -> None:
     if args.write_kv:
         res["write_kv"] = write_kv_rows(args.write_kv)
     write_result(args.out, res)
+
+
+def reduce_rows() -> list[dict]:
+    """_reduce_kernel (packed, head dim 128, 4 warps) at split tiles 8 (the old width for 5-8 splits) and 64."""
+    import importlib
+
+    att = importlib.import_module("oscar_cluster.kernels.attention")
+    ptr = {n: "*fp32" for n in att._reduce_kernel.arg_names if n.endswith("_ptr")}
+    rows = []
+    for s_p2 in (8, att.reduce_width(8)):
+        st = _ptxas_report(compile_sm90(att._reduce_kernel, dict(S_P2=s_p2, D=128, PACKED=True), 4, ptr_types=ptr,
+                                        floats=()))
+        rows.append({"S_P2": s_p2, "num_warps": 4, **st})
+        print(f"reduce S_P2 {s_p2}: {st}", flush=True)
+    return rows
 
 
 def write_kv_rows(yaml_path: str) -> dict:

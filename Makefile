@@ -46,7 +46,7 @@ test-vllm: $(VLLM_STAMP)
 	OSCAR_VLLM_TESTS=1 $(VLLM_PY) -m pytest -q -ra tests/vllm
 
 # Python 3.11's library docs as calibration text (Debian python3.11-doc, sha256-checked; needs apt-get):
-# oscar-calibrate ... --data runs/python-docs/*.rst.txt
+# oscar-calibrate ... --data runs/python-docs (the folder: its text files)
 python-docs:
 	bash benchmarks/fetch_python_docs.sh runs/python-docs
 

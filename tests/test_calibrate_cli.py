@@ -46,6 +46,29 @@ def test_too_little_text_says_how_much(tmp_path, capsys, smollm2):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.model
+def test_a_folder_stands_for_its_text_files(tmp_path, capsys, smollm2):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.rst.txt").write_text("Only a few words of calibration text.")
+    (docs / "notes.json").write_text("{}")  # not text: left out
+    rc = main(["--data", str(docs), "--out", str(tmp_path / "a"), "--quiet"])
+    assert rc == 2 and "tokens" in capsys.readouterr().err  # the folder's one text file was read
+    (tmp_path / "none").mkdir()
+    assert main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert "holds no text files" in capsys.readouterr().err
+
+
+def test_expand_text_paths_keeps_files_and_sorts_folders(tmp_path):
+    from oscar_cluster.corpora import expand_text_paths
+
+    (tmp_path / "d").mkdir()
+    for name in ("b.md", "a.rst.txt", "c.rst", "skip.py"):
+        (tmp_path / "d" / name).write_text("x")
+    got = expand_text_paths([tmp_path / "one.txt", tmp_path / "d"])
+    assert got == [str(tmp_path / "one.txt")] + [str(tmp_path / "d" / n) for n in ("a.rst.txt", "b.md", "c.rst")]
+
+
 def test_missing_and_empty_files_are_clear_errors(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")

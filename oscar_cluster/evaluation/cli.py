@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from ..cli_util import OneLineParser
+from ..corpora import expand_text_paths
 from ..errors import ConfigError, OscarError
 from .harness import EvalConfig, merge_runs, run_attention_error, run_perplexity, run_ruler
 from .ruler import GRID_DEPTHS, TASKS
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn-file", default=None, help="text for --tasks attn (default: --ppl-file)")
     p.add_argument("--attn-tokens", type=int, default=2048)
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens for codecs fitted here")
-    p.add_argument("--calib-data", nargs="*", default=[], metavar="FILE",
-                   help="their calibration text (default: Shakespeare); e.g. runs/python-docs/*.rst.txt after "
+    p.add_argument("--calib-data", nargs="*", default=[], metavar="PATH",
+                   help="their calibration text, files or folders (default: Shakespeare); e.g. runs/python-docs after "
                         "`make python-docs`, which retrieved far more needles in the ablations")
     p.add_argument("--batch", type=int, default=1, help="samples per batch (left-padded; same codec, task and length)")
     p.add_argument("--batch-tokens", type=int, default=262144, help="at most this many prompt tokens per batch")
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                          tasks=tasks, lengths=_sizes(args.ctx), samples=args.samples,
                          protocol=args.protocol, prefill_chunk=args.prefill_chunk, artifacts=_artifacts(args.artifact),
                          device=args.device, grid_depths=list(GRID_DEPTHS) if want_grid else [],
-                         calib_tokens=args.calib_tokens, calib_data=list(args.calib_data), batch=args.batch, batch_tokens=args.batch_tokens,
+                         calib_tokens=args.calib_tokens, calib_data=expand_text_paths(args.calib_data), batch=args.batch,
+                         batch_tokens=args.batch_tokens,
                          encoder=args.encoder)
         for flag, f in (("--ppl-file", args.ppl_file if want_ppl else None), ("--attn-file", attn_file if want_attn else None)):
             if f is not None and not Path(f).is_file():

@@ -41,17 +41,19 @@ def main() -> None:
     else:
         codec, meta = codec_with_layouts(args.layouts)
 
+    from oscar_cluster.kernels.precompile import write_kv_variants
+
     def tiles(prefix, counts):
         return tuple(v for k, v in group_args(prefix, counts).items() if k.endswith("P"))
 
-    write_before, write_now, attn_before, attn_now = set(), set(), set(), set()
+    write_before, attn_before, attn_now = set(), set(), set()
     for layer in sorted(codec.layers):
         tb = layer_tables(codec, layer)
         k, v = (tuple(g) for g in tb.groups)
         write_before |= {("k", k, 0), ("v", v, tb.k.nbytes)}  # counts and the V codes' byte offset
-        write_now |= {("k", tiles("G", k)), ("v", tiles("G", v))}
         attn_before.add((k, v))
         attn_now.add((tiles("K", k), tiles("V", v)))
+    write_now = write_kv_variants(codec)  # what kernels.precompile compiles
     res = {"benchmark": "compiled kernel variants per artifact", **provenance(), "artifact": args.artifact or args.layouts,
            "artifact_content_sha256": meta.get("content_sha256"), "model": meta.get("model"),
            "layers": len(codec.layers),
@@ -85,22 +87,32 @@ _WRITE_PTR = {"x_ptr": "*bf16", "pos_ptr": "*i32", "slot_ptr": "*i64", "cache_pt
               "mean_ptr": "*fp32", "std_ptr": "*fp32", "rm_ptr": "*fp32", "invf_ptr": "*fp64", "lev_ptr": "*fp32"}
 
 
-def _compile_write_kv(key: tuple, head_dim: int, cache_dir: str) -> float:
-    """Compile one write_kv variant (kind, tile sizes, RoPE mean) for sm_90 into a fresh Triton cache
-    (no hit from an earlier run) -> seconds. As write_kv launches it: bf16 inputs, 32-token blocks."""
+def compile_write_kv_sm90(tiles: tuple, rope: bool, head_dim: int, transform: str = "kernel", block_t: int = 32,
+                          num_warps: int = 4):
+    """One write_kv variant compiled for sm_90, as write_kv launches it on the GPU: the transform
+    fused ("kernel", bf16 input) or done before it ("host", float32 input), tf32x3 products."""
     import importlib
+
+    from kernel_registers import compile_sm90
+
+    wkv = importlib.import_module("oscar_cluster.kernels.write_kv")
+    fused = transform == "kernel"
+    const = dict(D=head_dim, HALF=head_dim // 2, BLOCK_T=block_t, SCALE_ITERS=2, TRANSFORM=fused,
+                 HAS_ROPE=rope and fused, PRECISION="tf32x3", **dict(zip(("G4P", "G3P", "G2P", "G1P"), tiles)))
+    ptr = dict(_WRITE_PTR, x_ptr="*bf16" if fused else "*fp32")
+    return compile_sm90(wkv._write_kind_kernel, const, num_warps, ptr_types=ptr, floats=("inv_coded",))
+
+
+def _compile_write_kv(key: tuple, head_dim: int, cache_dir: str) -> float:
+    """Compile one write_kv variant (kind, tile sizes, RoPE mean) at write_kv's defaults into a fresh
+    Triton cache (no hit from an earlier run) -> seconds."""
     import os
     import time
 
     os.environ["TRITON_CACHE_DIR"] = cache_dir
-    from kernel_registers import compile_sm90
-
-    wkv = importlib.import_module("oscar_cluster.kernels.write_kv")
     _, tiles, rope = key
-    const = dict(D=head_dim, HALF=head_dim // 2, BLOCK_T=32, SCALE_ITERS=2, TRANSFORM=head_dim <= 128,
-                 HAS_ROPE=rope, PRECISION="tf32x3", **dict(zip(("G4P", "G3P", "G2P", "G1P"), tiles)))
     t0 = time.perf_counter()
-    compile_sm90(wkv._write_kind_kernel, const, 4, ptr_types=_WRITE_PTR, floats=("inv_coded",))
+    compile_write_kv_sm90(tiles, rope, head_dim, "kernel" if head_dim <= 128 else "host")
     return time.perf_counter() - t0
 
 

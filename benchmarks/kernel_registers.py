@@ -183,26 +183,18 @@ def reduce_rows() -> list[dict]:
 def write_kv_rows(yaml_path: str) -> dict:
     """write_kv's registers and spills for every variant of the layouts in `yaml_path`, with the
     transform fused in the kernel (bf16 input) and on the host (float32 input, TRANSFORM=False)."""
-    import importlib
-
-    from compile_variants import _WRITE_PTR, codec_with_layouts
+    from compile_variants import codec_with_layouts, compile_write_kv_sm90
 
     from oscar_cluster.kernels.precompile import write_kv_variants
 
-    wkv = importlib.import_module("oscar_cluster.kernels.write_kv")
     codec, _ = codec_with_layouts(yaml_path)
     d = int(codec.head_dim)
     rows = []
     for kind, tiles, rope in sorted(write_kv_variants(codec)):
         for transform in ("kernel", "host"):
-            ptr = dict(_WRITE_PTR, x_ptr="*bf16" if transform == "kernel" else "*fp32")
             for block_t in (16, 32, 64):
                 for num_warps in (4, 8):
-                    const = dict(D=d, HALF=d // 2, BLOCK_T=block_t, SCALE_ITERS=2, TRANSFORM=transform == "kernel",
-                                 HAS_ROPE=rope and transform == "kernel", PRECISION="tf32x3",
-                                 **dict(zip(("G4P", "G3P", "G2P", "G1P"), tiles)))
-                    st = _ptxas_report(compile_sm90(wkv._write_kind_kernel, const, num_warps, ptr_types=ptr,
-                                                    floats=("inv_coded",)))
+                    st = _ptxas_report(compile_write_kv_sm90(tiles, rope, d, transform, block_t, num_warps))
                     rows.append({"kind": kind, "tiles": list(tiles), "transform": transform, "block_t": block_t,
                                  "num_warps": num_warps, **st})
                     print(f"write_kv {kind} {tiles} {transform:6s} block_t {block_t:2d} warps {num_warps}: {st}",

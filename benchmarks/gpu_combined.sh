@@ -14,7 +14,8 @@
 # Rows the repository already has are seeded, not measured again (see seed_rows). paired-new.json
 # pairs with the bf16 rows of this run's merge only; the 8K bf16 rows of the other five tasks are in
 # quality/python-docs/ruler.jsonl (pair with benchmarks/ruler_table.py on the rows put together).
-# Everything lands in $OUT: ruler/ (merged rows, paired tables), ablations/, ppl/.
+# Everything lands in $OUT/combined.tgz (ruler/: merged rows, paired tables; ablations/; ppl/) and
+# $OUT/paired-new.json.
 # The oscar storage step is the Triton write_kv (ENCODER=kernels; the codec's PyTorch encode ran
 # at 2.7 s per sample in the 2026-11-30 ablations against 0.1-1 s for the kernels in the 8K run).
 #   bash benchmarks/gpu_combined.sh 560
@@ -90,15 +91,19 @@ cp /tmp/abl/*.json /tmp/abl/*.log $OUT/ablations/ 2>/dev/null; cp $ART/variant.j
 if [ -f $ART/variant.json ]; then
   stage 0 oscar $EASY8K 8k 50
   stage 0 oscar $A 32k 50
-  if [ ! -f $OUT/ppl/ppl.json ] && [ $(left) -gt 60 ]; then
+  if [ ! -f /tmp/ppl-combined/ppl.json ] && [ $(left) -gt 60 ]; then
     CUDA_VISIBLE_DEVICES=0 timeout -s TERM $(left) python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
       --codecs bf16,oscar --artifact "oscar=$ART" --tasks ppl --ctx 32k --ppl-file $WIKI --ppl-windows 3 \
       --prefill-chunk 2048 --encoder $ENC --out /tmp/ppl-combined --quiet >> $R/gpu0.log 2>&1
-    cp /tmp/ppl-combined/ppl.json $OUT/ppl/ 2>/dev/null
   fi
+  cp /tmp/ppl-combined/ppl.json $OUT/ppl/ 2>/dev/null
 fi
 wait $p1
 tail -n 4 $R/gpu0.log $R/gpu1.log
 MERGE=$R/gpu0,$R/gpu1; for d in /tmp/abl/gpu0/vcombined /tmp/abl/gpu0/bf16; do [ -d $d ] && MERGE=$MERGE,$d; done
 python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $OUT/ruler
 python3 $REPO/benchmarks/ruler_table.py $OUT/ruler/ruler.jsonl --out $OUT/ruler/paired-new.json 2>&1 | tail -n 30
+# The device tool brings back at most 8 files: everything above in one archive, plus the paired table
+cp $OUT/ruler/paired-new.json $OUT/ 2>/dev/null; cp $R/gpu0.log $R/gpu1.log $OUT/ruler/ 2>/dev/null
+tar -C $OUT -czf /tmp/combined.tgz ruler ablations ppl && rm -rf $OUT/ruler $OUT/ablations $OUT/ppl \
+  && mv /tmp/combined.tgz $OUT/combined.tgz

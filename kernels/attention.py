@@ -11,8 +11,9 @@ through the codes, merged in one online softmax (a log-sum-exp merge).
 Per packed token with scale s_k, level vector L_k, position p (DESIGN.md section 6):
     q.k = (q k_W) . (s_k L_k) + q . k_b + q . R_p m
 computed as one matrix product per tile on the codes' levels, a per-row constant, and the RoPE
-mean term sum_i A_i cos(p w_i) + B_i sin(p w_i), where cos/sin of (p0 + n) w come from the
-tile start p0 (float64 angle) and a [BLOCK_N, d/2] table by the angle-sum identity. Values are
+mean term sum_i A_i cos(p w_i) + B_i sin(p w_i) = sum_i A'_i cos(n w_i) + B'_i sin(n w_i) for
+p = p0 + n in a tile: (A', B') is (A, B) rotated by p0 w (float64 angle at a split's first tile,
+then one float32 rotation by BLOCK_N w per tile), against a [BLOCK_N, d/2] table loaded once. Values are
 accumulated in the codec's space (sum p s_v L_v) and mapped back once: (.) v_W + (sum p) v_b.
 
 `paged_attention_reference` is the spec: it decodes the slots with `OscarCodec._decode` and runs
@@ -240,7 +241,23 @@ def _attn_kernel(
             mb = tl.load(rm_ptr + h * D + HALF + i)
             ra = (qa * ma[None, :] + qb_ * mb[None, :]) * qk_scale  # multiplies cos(p w)
             rb = (qb_ * ma[None, :] - qa * mb[None, :]) * qk_scale  # multiplies sin(p w)
+            # rotated to the split's first tile p0 = tile_lo BLOCK_N (float64 angle), then by BLOCK_N w
+            # per tile (float32: k rotations drift by about k * 6e-8 relative, far below the bf16
+            # operand's 4e-3; each split starts from its exact anchor)
             invf = tl.load(invf_ptr + i)
+            ang = (tile_lo * BLOCK_N).to(tl.float64) * invf
+            ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+            c0 = tl.cos(ang)
+            s0 = tl.sin(ang)
+            ra_t = ra * c0[None, :] + rb * s0[None, :]
+            rb_t = rb * c0[None, :] - ra * s0[None, :]
+            step = BLOCK_N * invf
+            step = (step - tl.floor(step / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+            c_step = tl.cos(step)
+            s_step = tl.sin(step)
+            # cos/sin(n w) of a tile, loaded once: [HALF, BLOCK_N]
+            cn_t = tl.trans(tl.load(cn_ptr + n[:, None] * HALF + i[None, :]))
+            sn_t = tl.trans(tl.load(sn_ptr + n[:, None] * HALF + i[None, :]))
     tile = tile_lo
     while tile < tile_hi:  # while, not range: runtime bounds (the interpreter's range needs Python ints)
         t = tile * BLOCK_N + n
@@ -260,15 +277,11 @@ def _attn_kernel(
             if K1P > 1:
                 s += _mm(q1, tl.trans(_group_levels(base, lev_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
             s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
-            if HAS_ROPE:
-                ang = (tile * BLOCK_N).to(tl.float64) * invf
-                ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
-                c0 = tl.cos(ang)
-                s0 = tl.sin(ang)
-                cn = tl.load(cn_ptr + n[:, None] * HALF + i[None, :])
-                sn = tl.load(sn_ptr + n[:, None] * HALF + i[None, :])
-                s += _mm_rope(ra * c0[None, :] + rb * s0[None, :], tl.trans(cn), LOWP, ROPE_SPLIT)
-                s += _mm_rope(rb * c0[None, :] - ra * s0[None, :], tl.trans(sn), LOWP, ROPE_SPLIT)
+            if HAS_ROPE:  # sum_i A'_i cos(n w_i) + B'_i sin(n w_i), then A', B' move one tile on
+                s += _mm_rope(ra_t, cn_t, LOWP, ROPE_SPLIT)
+                s += _mm_rope(rb_t, sn_t, LOWP, ROPE_SPLIT)
+                ra_t, rb_t = (ra_t * c_step[None, :] + rb_t * s_step[None, :],
+                              rb_t * c_step[None, :] - ra_t * s_step[None, :])
             s = tl.where(ok[None, :], s, float("-inf"))
             p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
             pv = p * _scale(base + vs_off, ok)[None, :]

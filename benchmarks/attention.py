@@ -253,7 +253,9 @@ def section_write_kv() -> dict:
     cache = torch.zeros(T // 16, 16, H, tb.slot_bytes, dtype=torch.uint8, device=DEV)
     best = (math.inf, {})
     by_transform = {}  # the fused transform spills KBs when compiled for sm_90 (kernel_registers.py --write-kv)
-    for transform in ("kernel", "host"):
+    # host first: the fused transform at 64 tokens and 8 warps hit an illegal memory access on 2026-11-30,
+    # which ends the process's CUDA context; write_kv now refuses that combination (ConfigError)
+    for transform in ("host", "kernel"):
         for bt_ in (16, 32, 64):
             for warps in (4, 8):
                 try:

@@ -100,7 +100,7 @@ if [ -f $ART/variant.json ]; then
 fi
 wait $p1
 tail -n 4 $R/gpu0.log $R/gpu1.log
-MERGE=$R/gpu0,$R/gpu1; for d in /tmp/abl/gpu0/vcombined /tmp/abl/gpu0/bf16; do [ -d $d ] && MERGE=$MERGE,$d; done
+MERGE=; for d in $R/gpu0 $R/gpu1 /tmp/abl/gpu0/vcombined /tmp/abl/gpu0/bf16; do [ -d $d ] && MERGE=$MERGE${MERGE:+,}$d; done
 python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $OUT/ruler
 python3 $REPO/benchmarks/ruler_table.py $OUT/ruler/ruler.jsonl --out $OUT/ruler/paired-new.json 2>&1 | tail -n 30
 # The device tool brings back at most 8 files: everything above in one archive, plus the paired table

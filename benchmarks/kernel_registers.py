@@ -12,6 +12,9 @@ of key-offsets-qwen2.5-coder-1.5b-cpu.json), and without the term (codecs fitted
     python benchmarks/kernel_registers.py --out benchmarks/results/kernel-registers-sm90.json
     python benchmarks/kernel_registers.py --kernel-file OLD_attention.py ...   # another revision
 
+With `nvdisasm`, also the SASS instructions of the loop over key tiles (what one warp issues per
+tile: at a fixed tile size, fewer is faster where the kernel is issue-bound, as this one is).
+
 Counting only: speed needs the GPU (attention.py).
 """
 
@@ -67,7 +70,9 @@ def compile_stats(fn, constexprs: dict, num_warps: int, aligned: tuple[str, ...]
 
 
 def _ptxas_report(kernel) -> dict:
-    """Registers and spill stores/loads from `ptxas -v` on the kernel's PTX (sm_90a)."""
+    """Registers and spill stores/loads from `ptxas -v` on the kernel's PTX (sm_90a), and from
+    `nvdisasm` on the cubin the SASS instruction count of the kernel and of its largest loop (the
+    loop over key tiles: the instructions one warp issues per tile)."""
     import re
     import subprocess
     import tempfile
@@ -78,9 +83,11 @@ def _ptxas_report(kernel) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "k.ptx"
         p.write_text(ptx)
-        ptxas = get_ptxas(90).path
-        out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", str(p), "-o", str(Path(tmp) / "k.cubin")],
+        ptxas = Path(get_ptxas(90).path)
+        out = subprocess.run([str(ptxas), "-v", "--gpu-name=sm_90a", str(p), "-o", str(Path(tmp) / "k.cubin")],
                              capture_output=True, text=True, check=True)
+        sass = subprocess.run([str(ptxas.parent / "nvdisasm"), "-c", str(Path(tmp) / "k.cubin")],
+                              capture_output=True, text=True, check=True).stdout
     text = out.stderr + out.stdout
     regs = re.search(r"Used (\d+) registers", text)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
@@ -88,7 +95,39 @@ def _ptxas_report(kernel) -> dict:
     return {"registers": int(regs.group(1)) if regs else None,
             "spill_store_bytes": int(spill.group(1)) if spill else None,
             "spill_load_bytes": int(spill.group(2)) if spill else None,
-            "stack_frame_bytes": int(stack.group(1)) if stack else None}
+            "stack_frame_bytes": int(stack.group(1)) if stack else None,
+            **sass_counts(sass)}
+
+
+def sass_counts(sass: str) -> dict:
+    """nvdisasm text -> {"sass_instructions": all, "loop_instructions": the largest loop's (from a
+    backward branch's target to the branch), "loop_ops": its 12 most frequent opcodes}."""
+    import collections
+    import re
+
+    ins, label_at, pending = [], {}, []
+    for line in sass.splitlines():
+        m = re.match(r"\s*\.(L_x_\d+):", line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if m:
+            addr = int(m.group(1), 16)
+            for name in pending:
+                label_at[name] = addr
+            pending = []
+            ins.append((addr, m.group(2)))
+    loop = None
+    for addr, text in ins:
+        m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", text)
+        if m and label_at.get(m.group(1), addr) < addr:
+            lo = label_at[m.group(1)]
+            if loop is None or addr - lo > loop[1] - loop[0]:
+                loop = (lo, addr)
+    body = [t for a, t in ins if loop and loop[0] <= a <= loop[1]]
+    ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body)
+    return {"sass_instructions": len(ins), "loop_instructions": len(body), "loop_ops": dict(ops.most_common(12))}
 
 
 def load_kernel_module(path: str | None):

@@ -34,7 +34,8 @@ class KernelEncoder:
 
     def tables(self, layer: int) -> LayerTables:
         if layer not in self._tables:
-            self._tables[layer] = layer_tables(self.codec, layer, self.device)
+            # the cache keeps the recent window in bf16 and hands over only the tokens beyond it
+            self._tables[layer] = layer_tables(self.codec, layer, self.device, storage_only=True)
         return self._tables[layer]
 
     def precompile(self, workers: int | None = None) -> dict:

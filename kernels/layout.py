@@ -154,11 +154,14 @@ class LayerTables:
 
 
 def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cpu",
-                 slot_bytes: int | None = None) -> LayerTables:
-    """Build the kernel tables of one layer of a fitted `oscar` codec."""
+                 slot_bytes: int | None = None, storage_only: bool = False) -> LayerTables:
+    """Build the kernel tables of one layer of a fitted `oscar` codec. storage_only: for `write_kv`
+    alone, under a cache that keeps the codec's bf16 recent window itself and hands over only the
+    tokens beyond it (`OscarCache` with `KernelEncoder`); the paged attention kernels keep no such
+    window, so tables for them refuse a codec with one."""
     if not isinstance(codec, OscarCodec):
         raise ConfigError(f"the packed kernels implement the 'oscar' codec only, got {codec.name!r}")
-    if codec.recent:
+    if codec.recent and not storage_only:
         raise ConfigError(f"the packed kernels keep no bf16 recent window (codec recent={codec.recent}); "
                           "use recent=0 or the PyTorch reference cache")
     kc, vc = codec.codebook(layer, "k"), codec.codebook(layer, "v")

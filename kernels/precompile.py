@@ -32,7 +32,7 @@ def write_kv_variants(codec: Codec) -> dict[tuple, int]:
     kinds of a layer run in one call, so a layer stands for its K and its V variant)."""
     out: dict[tuple, int] = {}
     for layer in sorted(codec.layers):
-        tb = layer_tables(codec, layer)
+        tb = layer_tables(codec, layer, storage_only=True)
         for kind, counts in zip(("k", "v"), tb.groups):
             tiles = tuple(v for k, v in group_args("G", counts).items() if k.endswith("P"))
             out.setdefault((kind, tiles, kind == "k" and tb.has_rope_mean), layer)

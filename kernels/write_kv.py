@@ -234,6 +234,10 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
         raise ConfigError(f"transform='kernel' supports head dims up to {MAX_IN_KERNEL_TRANSFORM_DIM}, got {D}; "
                           "use transform='host'")
     in_kernel = transform == "kernel" or (transform is None and D <= MAX_IN_KERNEL_TRANSFORM_DIM)
+    if in_kernel and k.device.type == "cuda" and block_t >= 64 and (num_warps or 4) >= 8:
+        raise ConfigError("write_kv with the transform in the kernel, block_t >= 64 and 8 warps hit an illegal memory "
+                          "access on the H200 (Triton 3.6, 2026-11-30; benchmarks/results/attention-h200-2.json, not "
+                          "diagnosed); use block_t <= 32, 4 warps, or transform='host'")
     slots = slot_mapping.to(torch.int64).contiguous()
     pos = positions.to(torch.int32).contiguous()
     for kind, x, ct, T, mean, std in (("k", k, tables.k, tables.k_T, tables.k_mean, tables.k_std),

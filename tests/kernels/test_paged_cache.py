@@ -76,6 +76,42 @@ def test_paged_cache_errors(tiny):
 
 
 @torch.inference_mode()
+def test_kernel_encoder_under_a_recent_window(tiny):
+    """A codec with a bf16 recent window (the cache keeps the last 4 tokens in bf16 and encodes each
+    token once it leaves): the Triton write_kv stores what the codec's encode stores (the paged
+    attention kernels still refuse such a codec: they keep no window)."""
+    from oscar_cluster.kernels import KernelEncoder
+
+    model, base = tiny
+    codec = codecs.get("oscar", recent=4)
+    codec.load_state_dict(base.state_dict())
+    ids = torch.randint(0, 96, (1, 20), generator=torch.Generator().manual_seed(5))
+    runs = []
+    for encoder in (None, KernelEncoder(codec, "cpu")):
+        cache = OscarCache(codec, encoder=encoder)
+        logits = [model(input_ids=ids[:, :12], past_key_values=cache, use_cache=True).logits]
+        for t in range(12, 20):  # decode steps: a token leaves the window at each
+            logits.append(model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+        runs.append((cache, torch.cat(logits, 1)))
+    (ref, ref_logits), (got, got_logits) = runs
+    for layer in (0, 1):
+        torch.testing.assert_close(got.layers[layer].view_k[:, :, :20], ref.layers[layer].view_k[:, :, :20],
+                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(got.layers[layer].view_v[:, :, :20], ref.layers[layer].view_v[:, :, :20],
+                                   atol=1e-4, rtol=0)
+    torch.testing.assert_close(got_logits, ref_logits, atol=1e-3, rtol=0)
+    # the window is there: against the same codec without one, layer 0 (whose inputs are the same
+    # embeddings) stores tokens 0-15 alike and keeps the last 4 unquantized (different)
+    plain = OscarCache(base, encoder=KernelEncoder(base, "cpu"))
+    model(input_ids=ids, past_key_values=plain, use_cache=True)
+    a, b = got.layers[0], plain.layers[0]
+    a.settle()
+    b.settle()
+    torch.testing.assert_close(a.view_k[:, :, :16], b.view_k[:, :, :16], atol=1e-4, rtol=0)
+    assert float((a.view_k[:, :, 16:20] - b.view_k[:, :, 16:20]).abs().max()) > 1e-2
+
+
+@torch.inference_mode()
 def test_kernel_encoder_stores_what_the_codec_stores(tiny):
     """OscarCache with the Triton write_kv (KernelEncoder) = OscarCache with the codec's encode:
     same decoded view over a left-padded batch (sinks in bf16, pads at position 0), logits alike."""

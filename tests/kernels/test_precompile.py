@@ -37,6 +37,20 @@ def test_one_layer_per_compiled_variant():
     }
 
 
+def test_a_recent_window_compiles_the_same_variants():
+    """write_kv stores only the tokens beyond a codec's bf16 recent window (the cache keeps the
+    window), so a codec with one needs the same write_kv variants as without (the 2026-11-30 GPU
+    ablation of a 32-token window failed here: the tables refused the codec)."""
+    from oscar_cluster import codecs
+
+    codec = _codec_with_layouts([([(8, 4), (56, 2)], [(64, 2)])])
+    windowed = codecs.get("oscar", recent=32)
+    windowed.load_state_dict(codec.state_dict())
+    assert pre.write_kv_variants(windowed) == pre.write_kv_variants(codec)
+    with pytest.raises(ConfigError, match="recent window"):
+        layer_tables(windowed, 0)  # the paged attention kernels keep no window
+
+
 def test_nothing_to_compile_on_cpu_and_bad_codecs_are_named():
     codec = _codec_with_layouts([([(64, 2)], [(64, 2)])])
     info = KernelEncoder(codec, "cpu").precompile()

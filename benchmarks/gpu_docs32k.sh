@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 4 at 32K: the Python-docs artifact (needle_ablations.py variant 11: `oscar` defaults fitted on
+# 32,768 tokens of Python 3.11's library docs) on the 8 RULER needle tasks at 32K, 4 tasks per GPU,
+# after benchmarks/gpu_setup.sh (and gpu_combined.sh, whose bf16 32K rows it pairs with). Deadline in
+# seconds (first argument), samples per task (second, default 30).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=8
+: "${OUT:?set OUT}"
+REPO=$(pwd); DEADLINE=$(( $(date +%s) + ${1:-560} - 25 )); N=${2:-30}
+M=qwen2.5-coder-1.5b; R=/tmp/ruler-docs32k; mkdir -p $R
+left() { echo $(( DEADLINE - $(date +%s) )); }
+[ -d /tmp/pydocs ] || tar -C /tmp -xJf /tmp/gpu/data/pydocs-library.tar.xz
+cd /tmp
+CUDA_VISIBLE_DEVICES=0 python3 $REPO/benchmarks/needle_ablations.py --model $M --device cuda --ctx 8192 --samples 1 \
+  --tasks niah_multikey_3 --python-docs /tmp/pydocs --work /tmp/abl/gpu0 --variants 11 --fit-only > $R/fit.log 2>&1
+ART=/tmp/abl/gpu0/artifacts/v11; tail -n 2 $R/fit.log
+run() {  # gpu tasks
+  CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $(left) python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
+    --codecs oscar --artifact "oscar=$ART" --encoder kernels --tasks $2 --ctx 32k --samples $N --prefill-chunk 2048 \
+    --batch 64 --batch-tokens 131072 --out $R/gpu$1 --quiet >> $R/gpu$1.log 2>&1
+  echo "gpu$1 $2 -> rc $? at $(date +%T)" >> $R/gpu$1.log
+}
+run 0 niah_multikey_3,niah_multikey_2,niah_single_1,niah_single_2 &
+run 1 niah_multivalue,niah_multiquery,niah_multikey_1,niah_single_3 &
+wait
+tail -n 3 $R/gpu0.log $R/gpu1.log
+MERGE=$R/gpu0,$R/gpu1,/tmp/ruler-combined/gpu1
+python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $R/merged > /dev/null 2>&1
+python3 $REPO/benchmarks/ruler_table.py $R/merged/ruler.jsonl --out $R/merged/paired.json 2>&1 | tail -n 14
+cp $ART/oscar.yaml $R/artifact-oscar.yaml 2>/dev/null
+tar -C /tmp -czf $OUT/docs32k.tgz ruler-docs32k

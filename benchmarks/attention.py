@@ -498,7 +498,11 @@ def main() -> None:
     for name in args.sections.split(","):
         t0 = time.time()
         try:
-            fn = {"checks": section_checks, "copy": section_copy, "precision": section_precision,
+            # decode checks: the default tiles, and the variants the 2026-11-30 tuning found fastest
+            # (attention-h200-2.json timed them without checking their output)
+            fn = {"checks": lambda: section_checks(variants=({}, {"block_n": 64, "num_warps": 2},
+                                                             {"block_n": 32, "num_warps": 2})),
+                  "copy": section_copy, "precision": section_precision,
                   "compile": section_compile, "decode": lambda: section_decode(args.quick, args.contexts, args.batches),
                   "write_kv": section_write_kv, "model": lambda: section_model(args.quick),
                   # chunked-prefill checks last: variants that isolate a GPU-only mismatch

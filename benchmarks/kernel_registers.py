@@ -33,7 +33,7 @@ from _record import provenance, write_result  # noqa: E402
 _PTR = {"qt_ptr": "*fp32", "qo_ptr": "*fp32", "cm_ptr": "*fp32", "rm_ptr": "*fp32", "invf_ptr": "*fp64",
         "cn_ptr": "*fp32", "sn_ptr": "*fp32", "cache_ptr": "*u8", "kc_ptr": "*bf16", "vc_ptr": "*bf16",
         "bt_ptr": "*i32", "prefix_ptr": "*i32", "cuq_ptr": "*i32", "sk_ptr": "*bf16", "sv_ptr": "*bf16",
-        "kn_ptr": "*bf16", "vn_ptr": "*bf16", "lev_ptr": "*fp32", "acct_ptr": "*fp32", "acco_ptr": "*fp32",
+        "kn_ptr": "*bf16", "vn_ptr": "*bf16", "lev_ptr": "*fp32", "poly_ptr": "*fp32", "acct_ptr": "*fp32", "acco_ptr": "*fp32",
         "lq_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32"}
 
 

@@ -44,27 +44,34 @@ ROPE_SPLIT_RATIO = 3.0  # key offset (||mean|| / rms of the rest) above which th
 
 
 @triton.jit
-def _group_levels(base, lev_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr):
+def _group_levels(base, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr):
     """Levels of one bit-width group: NSEG segments of 8 channels of B bits at byte OFF of each slot.
 
     A segment is B bytes, little-endian, channel i at bits [i B, i B + B) (the codec's run packing),
-    so every load and shift is regular (no per-channel tables). Levels come from the symmetric
-    table L_B: L[c] = +L[2^(B-1) + m] above the middle, -L[...] below, m the distance from it.
-    base: [N] slot pointers -> [N, NSEG_P2 * 8] float32 (padding channels 0)."""
+    so every load and shift is regular (no per-channel tables). A level is the odd polynomial of the
+    code's centred value x = (c - (2^B - 1)/2) / 2^(B-1) through the B-bit table (`level_polynomials`):
+    c becomes a float by the exponent trick (c | 0x4B000000 is the float 2^23 + c), then Horner in x^2,
+    a few multiply-adds per code where selecting among 2^(B-1) magnitudes took a compare and a select
+    each (kernel-registers-sm90.json counts the loop's instructions).
+    base: [N] slot pointers -> [N, NSEG_P2 * 8] float32 (padding channels: levels of code 0)."""
     seg = tl.arange(0, NSEG_P2)
-    byt = tl.arange(0, 4)
-    msk = ok[:, None, None] & (seg[None, :, None] < NSEG) & (byt[None, None, :] < B)
-    raw = tl.load(base[:, None, None] + OFF + seg[None, :, None] * B + byt[None, None, :], mask=msk, other=0)
-    word = tl.sum(raw.to(tl.int32) << (8 * byt)[None, None, :], axis=2)  # [N, NSEG_P2]
+    msk = ok[:, None] & (seg[None, :] < NSEG)
+    ptr = base[:, None] + OFF + seg[None, :] * B  # [N, NSEG_P2] each segment's first byte
+    word = tl.load(ptr, mask=msk, other=0).to(tl.int32)
+    for b in tl.static_range(1, B):  # the segment's other bytes, shifted in place: no reduction across
+        # lanes (a [N, NSEG_P2, 4] byte tile summed over its last axis cost 10% more instructions per
+        # key at the fastest tiles, 64 keys and 2 warps: benchmarks/kernel_registers.py)
+        word = word | (tl.load(ptr + b, mask=msk, other=0).to(tl.int32) << (8 * b))
     code = (word[:, :, None] >> (B * tl.arange(0, 8))[None, None, :]) & ((1 << B) - 1)
     code = tl.reshape(code, [BLOCK_N, NSEG_P2 * 8])
     HALFV: tl.constexpr = 1 << (B - 1)
-    upper = code >= HALFV
-    m = tl.where(upper, code - HALFV, HALFV - 1 - code)
-    mag = tl.zeros([BLOCK_N, NSEG_P2 * 8], tl.float32) + tl.load(lev_ptr + 16 * B + HALFV)
-    for i in tl.static_range(1, HALFV):
-        mag = tl.where(m == i, tl.load(lev_ptr + 16 * B + HALFV + i), mag)
-    return tl.where(upper, mag, -mag)
+    c = (code | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # c as a float, exactly
+    x = c * (1.0 / HALFV) - (2 * HALFV - 1) / (2 * HALFV)  # exact (a power-of-two scale)
+    x2 = x * x
+    acc = tl.zeros([BLOCK_N, NSEG_P2 * 8], tl.float32) + tl.load(poly_ptr + 8 * B + HALFV - 1)
+    for j in tl.static_range(HALFV - 2, -1, -1):
+        acc = acc * x2 + tl.load(poly_ptr + 8 * B + j)
+    return acc * x
 
 
 @triton.jit
@@ -162,7 +169,7 @@ def _attn_kernel(
     bt_ptr, bt_stride, prefix_ptr, cuq_ptr,
     sk_ptr, sv_ptr,  # [B, S, H, D] sink buffers
     kn_ptr, vn_ptr,  # [Tq, H, D] fresh keys and values
-    lev_ptr,  # [(MAX_BITS+1) * 16] level tables
+    poly_ptr,  # [(MAX_BITS+1) * 8] the level tables as odd polynomials (layout.level_polynomials)
     acct_ptr, acco_ptr, lq_ptr, m_ptr, l_ptr,  # [NS, Tq, Hq, D] x2, [NS, Tq, Hq] x3
     Tq, Hq, H, G, block_size, n_sinks, slot_bytes, ks_off, vs_off, tiles_per_split, n_qblocks, num_splits,
     qk_scale,  # sm_scale * log2(e), applied after q.k for keys given in full precision (as SDPA does)
@@ -195,7 +202,6 @@ def _attn_kernel(
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    lq = tl.zeros([BLOCK_M], tl.float32)
 
     # ---- cached prefix from the pages ----
     if not PACKED:  # q as given and the output for the bf16 pages (packed: made after the loop)
@@ -269,13 +275,13 @@ def _attn_kernel(
             base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
             s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             if K4P > 1:
-                s += _mm(q4, tl.trans(_group_levels(base, lev_ptr, ok, 0, 4, K4, K4P, BLOCK_N)), LOWP)
+                s += _mm(q4, tl.trans(_group_levels(base, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N)), LOWP)
             if K3P > 1:
-                s += _mm(q3, tl.trans(_group_levels(base, lev_ptr, ok, KO3, 3, K3, K3P, BLOCK_N)), LOWP)
+                s += _mm(q3, tl.trans(_group_levels(base, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N)), LOWP)
             if K2P > 1:
-                s += _mm(q2, tl.trans(_group_levels(base, lev_ptr, ok, KO2, 2, K2, K2P, BLOCK_N)), LOWP)
+                s += _mm(q2, tl.trans(_group_levels(base, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N)), LOWP)
             if K1P > 1:
-                s += _mm(q1, tl.trans(_group_levels(base, lev_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
+                s += _mm(q1, tl.trans(_group_levels(base, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
             s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
             if HAS_ROPE:  # sum_i A'_i cos(n w_i) + B'_i sin(n w_i), then A', B' move one tile on
                 s += _mm_rope(ra_t, cn_t, LOWP, ROPE_SPLIT)
@@ -286,14 +292,13 @@ def _attn_kernel(
             p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
             pv = p * _scale(base + vs_off, ok)[None, :]
             if V4P > 1:
-                a4 = a4 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO4, 4, V4, V4P, BLOCK_N), LOWP)
+                a4 = a4 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N), LOWP)
             if V3P > 1:
-                a3 = a3 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO3, 3, V3, V3P, BLOCK_N), LOWP)
+                a3 = a3 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N), LOWP)
             if V2P > 1:
-                a2 = a2 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO2, 2, V2, V2P, BLOCK_N), LOWP)
+                a2 = a2 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N), LOWP)
             if V1P > 1:
-                a1 = a1 * alpha[:, None] + _mm(pv, _group_levels(base, lev_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
-            lq = lq * alpha + tl.sum(p, axis=1)
+                a1 = a1 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
         else:
             kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
             k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
@@ -308,6 +313,9 @@ def _attn_kernel(
     # packed loop, so that q and the full-precision accumulator are not live in it (register
     # pressure: the decode kernel spilled with them, benchmarks/results/attention-h200.json) ----
     if PACKED:  # q as given and the full-precision values' accumulator
+        # the packed tokens' weight sum: l_i so far (the loop above is the first to add to it);
+        # from here on it is only rescaled, while l_i also counts the full-precision tokens
+        lq = l_i
         qo = tl.load(qo_ptr + row[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
         acc_o = tl.zeros([BLOCK_M, D], tl.float32)
         # sinks (names distinct from the loops' above: Triton would carry them with another shape)
@@ -515,7 +523,7 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         block_table, block_table.stride(0), prefix_lens, cu_q,
         sink_k if packed and S else qo, sink_v if packed and S else qo,
         k_new.contiguous(), v_new.contiguous(),
-        tables.levels if packed else qo,
+        tables.level_poly if packed else qo,
         acc_t, acc_o, lq, m, l,
         Tq, Hq, H, G, block_size, S, tables.slot_bytes if packed else 0,
         tables.k_scale_offset if packed else 0, tables.v_scale_offset if packed else 0, tiles_per_split, n_qblocks, num_splits,

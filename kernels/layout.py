@@ -31,7 +31,7 @@ from ..codecs.quantizers import MAX_BITS
 from ..errors import ConfigError
 
 __all__ = ["SCALE_BYTES", "ChannelTable", "LayerTables", "slot_bytes_for", "layer_tables", "level_table",
-           "group_args", "shard_tables"]
+           "level_polynomials", "group_args", "shard_tables"]
 
 SCALE_BYTES = 4  # fp16 K scale + fp16 V scale
 LEVELS_PER_ROW = 16  # 2**MAX_BITS entries per bit width in the level table
@@ -47,6 +47,45 @@ def level_table(codec: OscarCodec) -> torch.Tensor:
             raise ConfigError(f"the packed kernels need symmetric level tables; {b}-bit levels are {lv.tolist()}")
         tab[b, : 1 << b] = lv
     return tab.reshape(-1)
+
+
+POLY_PER_ROW = 8  # odd coefficients per bit width in level_polynomials (2**(MAX_BITS-1))
+
+
+def level_polynomials(levels: torch.Tensor) -> torch.Tensor:
+    """levels: [(MAX_BITS + 1) * 16] (`level_table`) -> [(MAX_BITS + 1) * 8] float32: row b holds
+    the odd polynomial through the b-bit levels, L[c] = sum_j a_j x^(2j+1) with x = (c - (2^b - 1)/2)
+    / 2^(b-1) in (-1, 1). A symmetric table has 2^(b-1) magnitudes and the polynomial as many
+    coefficients, so it passes through every level (float64 solve; Horner in x^2 in float32 is within
+    1e-7 relative of the table for the codec's tables). The attention kernel evaluates it instead of
+    selecting levels one comparison at a time (`kernels/attention.py: _group_levels`)."""
+    tab = levels.double().view(MAX_BITS + 1, LEVELS_PER_ROW)
+    out = torch.zeros(MAX_BITS + 1, POLY_PER_ROW, dtype=torch.float64)
+    for b in range(1, MAX_BITS + 1):
+        half = 1 << (b - 1)
+        x = (torch.arange(half, 2 * half, dtype=torch.float64) - (2 * half - 1) / 2) / half  # the positive half
+        powers = x[:, None] ** (2 * torch.arange(half, dtype=torch.float64) + 1)[None, :]
+        out[b, :half] = torch.linalg.solve(powers, tab[b, half:2 * half])
+        got = evaluate_level_polynomial(out[b].float(), b)
+        want = tab[b, :2 * half].float()
+        err = float((got - want).abs().max())
+        if err > 1e-5 * max(float(want.abs().max()), 1e-30):
+            raise ConfigError(f"the {b}-bit level table {want.tolist()} is not smooth enough for the attention "
+                              f"kernel's polynomial levels (float32 error {err:.2e}); use the codec's level tables "
+                              "(Lloyd-Max or uniform)")
+    return out.float().reshape(-1)
+
+
+def evaluate_level_polynomial(coef: torch.Tensor, bits: int) -> torch.Tensor:
+    """coef: [8] one row of `level_polynomials` -> [2^bits] float32 levels of codes 0..2^bits-1, computed
+    as the attention kernel computes them (x = c / 2^(b-1) - (2^b - 1) / 2^b, Horner in x^2, times x)."""
+    half = 1 << (bits - 1)
+    c = torch.arange(1 << bits, dtype=torch.float32)
+    x = c * (1.0 / half) - (2 * half - 1) / (2 * half)
+    acc = torch.full_like(x, float(coef[half - 1]))
+    for j in range(half - 2, -1, -1):
+        acc = acc * (x * x) + coef[j]
+    return acc * x
 
 
 @dataclass
@@ -106,7 +145,8 @@ class LayerTables:
     Attend: k_W = T_k^-1 diag(std_k) and k_b = T_k^-1 mean_k, so q.k = (q k_W).(s L[c]) + q.k_b
     + q.R_p m; v_W = diag(std_v) T_v^-T and v_b = T_v^-1 mean_v, so the output row is
     (sum p s L[c]) v_W + (sum p) v_b.
-    levels: [(MAX_BITS+1)*16] level table; k, v: channel tables; slot_bytes: slot size."""
+    levels: [(MAX_BITS+1)*16] level table; level_poly: [(MAX_BITS+1)*8] the same levels as odd
+    polynomials (`level_polynomials`); k, v: channel tables; slot_bytes: slot size."""
 
     k_T: torch.Tensor
     v_T: torch.Tensor
@@ -121,6 +161,7 @@ class LayerTables:
     v_W: torch.Tensor
     v_b: torch.Tensor
     levels: torch.Tensor
+    level_poly: torch.Tensor
     k: ChannelTable
     v: ChannelTable
     slot_bytes: int
@@ -182,7 +223,7 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
         k_b=torch.einsum("hij,hj->hi", k_Tinv, kc.mean.double()).float(),
         v_W=(vc.std.double()[:, :, None] * v_Tinv.transpose(-1, -2)).float(),
         v_b=torch.einsum("hij,hj->hi", v_Tinv, vc.mean.double()).float(),
-        levels=level_table(codec), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
+        levels=level_table(codec), level_poly=level_polynomials(level_table(codec)), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
         kv_heads=int(kc.T.shape[0]), has_rope_mean=bool(kc.rope_mean.abs().max() > 0),
         groups=(_groups(kc.bits, layer, "k"), _groups(vc.bits, layer, "v")))
     tables.rope_offset_ratio = rope_offset_ratio(tables.rope_mean, tables.k_W)

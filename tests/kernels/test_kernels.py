@@ -296,3 +296,25 @@ def test_per_call_ints_are_not_specialized():
     # the rule the list above guards against, as Triton applies it
     keys = {n: native_specialize_impl(BaseBackend, n, False, True, True) for n in (1, 50, 4096)}
     assert len(set(keys.values())) == 3
+
+
+@pytest.mark.parametrize("kind", ["lloyd", "uniform"])
+def test_level_polynomials_pass_through_every_level(kind):
+    """The attention kernel evaluates each bit width's levels as an odd polynomial (Horner in x^2,
+    float32); `evaluate_level_polynomial` is that computation in PyTorch. For both kinds of level
+    tables the codec has it must give the table's level for every code of every width. A table it
+    cannot follow to 1e-5 in float32 (here magnitudes in alternating steps) is refused by name."""
+    from oscar_cluster.codecs.quantizers import MAX_BITS, gaussian_levels
+    from oscar_cluster.kernels.layout import evaluate_level_polynomial, level_polynomials
+
+    levels = torch.zeros(MAX_BITS + 1, 16)
+    for b in range(1, MAX_BITS + 1):
+        levels[b, :1 << b] = gaussian_levels(b, kind)
+    poly = level_polynomials(levels.reshape(-1)).view(MAX_BITS + 1, 8)
+    for b in range(1, MAX_BITS + 1):
+        torch.testing.assert_close(evaluate_level_polynomial(poly[b], b), levels[b, :1 << b], rtol=1e-6, atol=1e-7)
+    wiggly = levels.clone()  # magnitudes in alternating small and large steps
+    wiggly[4, 8:] = torch.tensor([0.1, 0.9, 1.0, 1.9, 2.0, 2.9, 3.0, 3.9])
+    wiggly[4, :8] = -wiggly[4, 8:].flip(0)
+    with pytest.raises(ConfigError, match="4-bit level table"):
+        level_polynomials(wiggly.reshape(-1))

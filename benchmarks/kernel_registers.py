@@ -151,8 +151,17 @@ def main() -> None:
                     help="also write_kv's variants for an artifact's layouts (oscar.yaml), transform fused or on the host")
     ap.add_argument("--reduce-only", action="store_true",
                     help="only the split-K reduction kernel, at the split tiles reduce_width gives")
+    ap.add_argument("--write-kv-only", metavar="G4P,G3P,G2P,G1P", default=None,
+                    help="only write_kv, one layout's tile sizes (head dim 128, no RoPE mean), both transforms")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.write_kv_only:
+        tiles = tuple(int(t) for t in args.write_kv_only.split(","))
+        write_result(args.out, {"benchmark": "write_kv registers, spills and SASS instructions for sm_90 (no GPU)",
+                                **provenance(), "rows": write_kv_layout_rows(tiles),
+                                "note": "sass_instructions is the static count: the scale loop's body "
+                                        "(loop_instructions) runs SCALE_ITERS = 2 times"})
+        return
     if args.reduce_only:
         write_result(args.out, {"benchmark": "split-K reduction kernel registers and spills for sm_90 (ptxas, no GPU)",
                                 **provenance(), "rows": reduce_rows()})
@@ -239,6 +248,22 @@ def write_kv_rows(yaml_path: str) -> dict:
                     print(f"write_kv {kind} {tiles} {transform:6s} block_t {block_t:2d} warps {num_warps}: {st}",
                           flush=True)
     return {"layouts": yaml_path, "variants": len(rows) // 12, "rows": rows}
+
+
+def write_kv_layout_rows(tiles: tuple, head_dim: int = 128) -> list[dict]:
+    """write_kv for one layout's tile sizes, transform fused and on the host, 16-64 tokens, 4 and 8 warps."""
+    from compile_variants import compile_write_kv_sm90
+
+    rows = []
+    for transform in ("kernel", "host"):
+        for block_t in (16, 32, 64):
+            for num_warps in (4, 8):
+                st = _ptxas_report(compile_write_kv_sm90(tiles, False, head_dim, transform, block_t, num_warps))
+                per_token = (st["sass_instructions"] + st["loop_instructions"]) * num_warps / block_t
+                rows.append({"tiles": list(tiles), "transform": transform, "block_t": block_t, "num_warps": num_warps,
+                             **st, "warp_instructions_per_token": round(per_token, 1)})
+                print(f"write_kv {tiles} {transform:6s} block_t {block_t:2d} warps {num_warps}: {rows[-1]}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -106,5 +106,5 @@ python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $OUT/ruler
 python3 $REPO/benchmarks/ruler_table.py $OUT/ruler/ruler.jsonl --out $OUT/ruler/paired-new.json 2>&1 | tail -n 30
 # The device tool brings back at most 8 files: everything above in one archive, plus the paired table
 cp $OUT/ruler/paired-new.json $OUT/ 2>/dev/null; cp $R/gpu0.log $R/gpu1.log $OUT/ruler/ 2>/dev/null
-tar -C $OUT -czf /tmp/combined.tgz ruler ablations ppl && rm -rf $OUT/ruler $OUT/ablations $OUT/ppl \
-  && mv /tmp/combined.tgz $OUT/combined.tgz
+mkdir -p $OUT/ruler && tar -C $OUT -czf /tmp/combined.tgz ruler ablations ppl \
+  && rm -rf $OUT/ruler $OUT/ablations $OUT/ppl && mv /tmp/combined.tgz $OUT/combined.tgz

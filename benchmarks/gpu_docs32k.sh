@@ -16,6 +16,7 @@ CUDA_VISIBLE_DEVICES=0 python3 $REPO/benchmarks/needle_ablations.py --model $M -
   --tasks niah_multikey_3 --python-docs /tmp/pydocs --work /tmp/abl/gpu0 --variants 11 --fit-only > $R/fit.log 2>&1
 ART=/tmp/abl/gpu0/artifacts/v11; tail -n 2 $R/fit.log
 run() {  # gpu tasks
+  [ $(left) -gt 30 ] || return 0  # (timeout 0 would mean no limit)
   CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $(left) python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
     --codecs oscar --artifact "oscar=$ART" --encoder kernels --tasks $2 --ctx 32k --samples $N --prefill-chunk 2048 \
     --batch 64 --batch-tokens 131072 --out $R/gpu$1 --quiet >> $R/gpu$1.log 2>&1
@@ -25,8 +26,8 @@ run 0 niah_multikey_3,niah_multikey_2,niah_single_1,niah_single_2 &
 run 1 niah_multivalue,niah_multiquery,niah_multikey_1,niah_single_3 &
 wait
 tail -n 3 $R/gpu0.log $R/gpu1.log
-MERGE=$R/gpu0,$R/gpu1,/tmp/ruler-combined/gpu1
-python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $R/merged > /dev/null 2>&1
+MERGE=; for d in $R/gpu0 $R/gpu1 /tmp/ruler-combined/gpu1; do [ -d $d ] && MERGE=$MERGE${MERGE:+,}$d; done
+[ -n "$MERGE" ] && python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $R/merged > $R/merge.log 2>&1
 python3 $REPO/benchmarks/ruler_table.py $R/merged/ruler.jsonl --out $R/merged/paired.json 2>&1 | tail -n 14
 cp $ART/oscar.yaml $R/artifact-oscar.yaml 2>/dev/null
 tar -C /tmp -czf $OUT/docs32k.tgz ruler-docs32k

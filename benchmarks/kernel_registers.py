@@ -100,8 +100,8 @@ def _ptxas_report(kernel) -> dict:
 
 
 def sass_counts(sass: str) -> dict:
-    """nvdisasm text -> {"sass_instructions": all, "loop_instructions": the largest loop's (from a
-    backward branch's target to the branch), "loop_ops": its 12 most frequent opcodes}."""
+    """nvdisasm text -> {"sass_instructions": all, "loop_instructions": the largest innermost loop's
+    (from a backward branch's target to the branch), "loop_ops": its 12 most frequent opcodes}."""
     import collections
     import re
 
@@ -118,13 +118,15 @@ def sass_counts(sass: str) -> dict:
                 label_at[name] = addr
             pending = []
             ins.append((addr, m.group(2)))
-    loop = None
+    loops = []
     for addr, text in ins:
         m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", text)
         if m and label_at.get(m.group(1), addr) < addr:
-            lo = label_at[m.group(1)]
-            if loop is None or addr - lo > loop[1] - loop[0]:
-                loop = (lo, addr)
+            loops.append((label_at[m.group(1)], addr))
+    # innermost loops (no other loop inside), the largest of them: the loop over key tiles, not the
+    # loop around it that re-anchors the RoPE-mean angle every ROPE_ANCHOR_TILES tiles
+    inner = [(lo, hi) for lo, hi in loops if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops)]
+    loop = max(inner, key=lambda x: x[1] - x[0], default=None)
     body = [t for a, t in ins if loop and loop[0] <= a <= loop[1]]
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body)
     return {"sass_instructions": len(ins), "loop_instructions": len(body), "loop_ops": dict(ops.most_common(12))}

@@ -12,8 +12,9 @@ Per packed token with scale s_k, level vector L_k, position p (DESIGN.md section
     q.k = (q k_W) . (s_k L_k) + q . k_b + q . R_p m
 computed as one matrix product per tile on the codes' levels, a per-row constant, and the RoPE
 mean term sum_i A_i cos(p w_i) + B_i sin(p w_i) = sum_i A'_i cos(n w_i) + B'_i sin(n w_i) for
-p = p0 + n in a tile: (A', B') is (A, B) rotated by p0 w (float64 angle at a split's first tile,
-then one float32 rotation by BLOCK_N w per tile), against a [BLOCK_N, d/2] table loaded once. Values are
+p = p0 + n in a tile: (A', B') is (A, B) rotated by p0 w (float64 angle every ROPE_ANCHOR_TILES
+tiles, one float32 rotation by BLOCK_N w per tile in between), against a [BLOCK_N, d/2] table
+loaded once. Values are
 accumulated in the codec's space (sum p s_v L_v) and mapped back once: (.) v_W + (sum p) v_b.
 
 `paged_attention_reference` is the spec: it decodes the slots with `OscarCodec._decode` and runs
@@ -38,6 +39,7 @@ __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_at
            "paged_attention_reference", "paged_attention_bf16_reference", "rope_tile_table"]
 
 LOG2E = 1.4426950408889634
+ROPE_ANCHOR_TILES = tl.constexpr(32)  # tiles between exact float64 anchors of the RoPE-mean term's angle
 ROPE_SPLIT_RATIO = 3.0  # key offset (||mean|| / rms of the rest) above which the RoPE-mean term is split:
 # one bf16 product makes the output error 0.9% larger (relative) at 2x and 6% at 4x
 # (benchmarks/results/attention-precision-cpu.json)
@@ -247,16 +249,12 @@ def _attn_kernel(
             mb = tl.load(rm_ptr + h * D + HALF + i)
             ra = (qa * ma[None, :] + qb_ * mb[None, :]) * qk_scale  # multiplies cos(p w)
             rb = (qb_ * ma[None, :] - qa * mb[None, :]) * qk_scale  # multiplies sin(p w)
-            # rotated to the split's first tile p0 = tile_lo BLOCK_N (float64 angle), then by BLOCK_N w
-            # per tile (float32: k rotations drift by about k * 6e-8 relative, far below the bf16
-            # operand's 4e-3; each split starts from its exact anchor)
+            # (A', B'): (A, B) rotated to a tile's first position p0 (float64 angle) at every
+            # ROPE_ANCHOR_TILES-th tile, and by BLOCK_N w (float32) from tile to tile in between: the
+            # float32 step drifts by about 2e-7 relative per tile, linearly, so it is re-anchored
             invf = tl.load(invf_ptr + i)
-            ang = (tile_lo * BLOCK_N).to(tl.float64) * invf
-            ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
-            c0 = tl.cos(ang)
-            s0 = tl.sin(ang)
-            ra_t = ra * c0[None, :] + rb * s0[None, :]
-            rb_t = rb * c0[None, :] - ra * s0[None, :]
+            ra_t = ra
+            rb_t = rb
             step = BLOCK_N * invf
             step = (step - tl.floor(step / 6.283185307179586) * 6.283185307179586).to(tl.float32)
             c_step = tl.cos(step)
@@ -266,47 +264,62 @@ def _attn_kernel(
             sn_t = tl.trans(tl.load(sn_ptr + n[:, None] * HALF + i[None, :]))
     tile = tile_lo
     while tile < tile_hi:  # while, not range: runtime bounds (the interpreter's range needs Python ints)
-        t = tile * BLOCK_N + n
-        in_seq = t < prefix
-        blk = tl.load(bt_ptr + seq * bt_stride + t // block_size, mask=in_seq, other=0).to(tl.int64)
-        slot = blk * block_size + t % block_size
+        chunk_hi = tile_hi
         if PACKED:
-            ok = in_seq & (t >= n_sinks)
-            base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
-            s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            if K4P > 1:
-                s += _mm(q4, tl.trans(_group_levels(base, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N)), LOWP)
-            if K3P > 1:
-                s += _mm(q3, tl.trans(_group_levels(base, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N)), LOWP)
-            if K2P > 1:
-                s += _mm(q2, tl.trans(_group_levels(base, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N)), LOWP)
-            if K1P > 1:
-                s += _mm(q1, tl.trans(_group_levels(base, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
-            s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
-            if HAS_ROPE:  # sum_i A'_i cos(n w_i) + B'_i sin(n w_i), then A', B' move one tile on
-                s += _mm_rope(ra_t, cn_t, LOWP, ROPE_SPLIT)
-                s += _mm_rope(rb_t, sn_t, LOWP, ROPE_SPLIT)
-                ra_t, rb_t = (ra_t * c_step[None, :] + rb_t * s_step[None, :],
-                              rb_t * c_step[None, :] - ra_t * s_step[None, :])
-            s = tl.where(ok[None, :], s, float("-inf"))
-            p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
-            pv = p * _scale(base + vs_off, ok)[None, :]
-            if V4P > 1:
-                a4 = a4 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N), LOWP)
-            if V3P > 1:
-                a3 = a3 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N), LOWP)
-            if V2P > 1:
-                a2 = a2 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N), LOWP)
-            if V1P > 1:
-                a1 = a1 * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
-        else:
-            kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
-            k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
-            s = tl.where(in_seq[None, :], _mm(qo, tl.trans(k), LOWP) * qk_scale, float("-inf"))
-            p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
-            v = tl.load(vc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
-            acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
-        tile += 1
+            if HAS_ROPE:  # (A', B') at this tile from the exact float64 angle, every ROPE_ANCHOR_TILES tiles
+                ang = (tile * BLOCK_N).to(tl.float64) * invf
+                ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+                c0 = tl.cos(ang)
+                s0 = tl.sin(ang)
+                ra_t = ra * c0[None, :] + rb * s0[None, :]
+                rb_t = rb * c0[None, :] - ra * s0[None, :]
+                chunk_hi = tl.minimum(tile + ROPE_ANCHOR_TILES, tile_hi)
+        while tile < chunk_hi:
+            t = tile * BLOCK_N + n
+            in_seq = t < prefix
+            blk = tl.load(bt_ptr + seq * bt_stride + t // block_size, mask=in_seq, other=0).to(tl.int64)
+            slot = blk * block_size + t % block_size
+            if PACKED:
+                ok = in_seq & (t >= n_sinks)
+                base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
+                s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                if K4P > 1:
+                    s += _mm(q4, tl.trans(_group_levels(base, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N)), LOWP)
+                if K3P > 1:
+                    s += _mm(q3, tl.trans(_group_levels(base, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N)), LOWP)
+                if K2P > 1:
+                    s += _mm(q2, tl.trans(_group_levels(base, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N)), LOWP)
+                if K1P > 1:
+                    s += _mm(q1, tl.trans(_group_levels(base, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
+                s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
+                if HAS_ROPE:  # sum_i A'_i cos(n w_i) + B'_i sin(n w_i), then A', B' move one tile on
+                    s += _mm_rope(ra_t, cn_t, LOWP, ROPE_SPLIT)
+                    s += _mm_rope(rb_t, sn_t, LOWP, ROPE_SPLIT)
+                    ra_t, rb_t = (ra_t * c_step[None, :] + rb_t * s_step[None, :],
+                                  rb_t * c_step[None, :] - ra_t * s_step[None, :])
+                s = tl.where(ok[None, :], s, float("-inf"))
+                p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
+                pv = p * _scale(base + vs_off, ok)[None, :]
+                if V4P > 1:
+                    a4 = a4 * alpha[:, None] + _mm(
+                        pv, _group_levels(base, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N), LOWP)
+                if V3P > 1:
+                    a3 = a3 * alpha[:, None] + _mm(
+                        pv, _group_levels(base, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N), LOWP)
+                if V2P > 1:
+                    a2 = a2 * alpha[:, None] + _mm(
+                        pv, _group_levels(base, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N), LOWP)
+                if V1P > 1:
+                    a1 = a1 * alpha[:, None] + _mm(
+                        pv, _group_levels(base, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
+            else:
+                kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
+                k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
+                s = tl.where(in_seq[None, :], _mm(qo, tl.trans(k), LOWP) * qk_scale, float("-inf"))
+                p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
+                v = tl.load(vc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
+                acc_o = acc_o * alpha[:, None] + _mm(p, v, LOWP)
+            tile += 1
 
     # ---- full-precision tokens last (sinks on the first split, fresh tokens causally on the last),
     # as masked tiles rather than branches: other splits see empty masks (p = 0, alpha = 1). After the

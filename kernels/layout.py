@@ -215,6 +215,7 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
     if kt.nbytes + vt.nbytes + SCALE_BYTES > sb:
         raise ConfigError(f"layer {layer} needs {kt.nbytes + vt.nbytes + SCALE_BYTES} slot bytes, the cache has {sb}")
     k_Tinv, v_Tinv = kc.T_inv.double(), vc.T_inv.double()
+    levels = level_table(codec)
     tables = LayerTables(
         k_T=kc.T.float(), v_T=vc.T.float(), k_mean=kc.mean.float(), v_mean=vc.mean.float(),
         k_std=kc.std.float(), v_std=vc.std.float(), rope_mean=kc.rope_mean.float(),
@@ -223,7 +224,7 @@ def layer_tables(codec: OscarCodec, layer: int, device: torch.device | str = "cp
         k_b=torch.einsum("hij,hj->hi", k_Tinv, kc.mean.double()).float(),
         v_W=(vc.std.double()[:, :, None] * v_Tinv.transpose(-1, -2)).float(),
         v_b=torch.einsum("hij,hj->hi", v_Tinv, vc.mean.double()).float(),
-        levels=level_table(codec), level_poly=level_polynomials(level_table(codec)), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
+        levels=levels, level_poly=level_polynomials(levels), k=kt, v=vt, slot_bytes=sb, sinks=codec.sinks, head_dim=d,
         kv_heads=int(kc.T.shape[0]), has_rope_mean=bool(kc.rope_mean.abs().max() > 0),
         groups=(_groups(kc.bits, layer, "k"), _groups(vc.bits, layer, "v")))
     tables.rope_offset_ratio = rope_offset_ratio(tables.rope_mean, tables.k_W)

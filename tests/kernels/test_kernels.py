@@ -8,6 +8,7 @@ bytes, 0-bit channels).
 
 import pytest
 import torch
+import triton
 
 from oscar_cluster import codecs
 from oscar_cluster.errors import ConfigError
@@ -249,11 +250,16 @@ def test_bf16_operands_keep_a_large_rope_offset_within_1pct():
         rel_err(operand_precision="tf32")
 
 
-def test_rope_term_rotation_over_many_tiles_stays_exact():
-    """The RoPE-mean term's angle is exact (float64) at each split's first tile and rotated by
-    BLOCK_N w in float32 from tile to tile: over 4,000 tokens (250 tiles), in one split and in 3,
-    the float32 kernel stays within 1e-4 of the float64 reference on keys whose offset (carried by
-    that term) is 58x their varying part, where a drifting angle would show first."""
+@pytest.mark.parametrize("anchor", [32, 5])
+def test_rope_term_rotation_over_many_tiles_stays_exact(anchor, monkeypatch):
+    """The RoPE-mean term's angle is exact (float64) at every ROPE_ANCHOR_TILES-th tile of a split
+    and rotated by BLOCK_N w in float32 from tile to tile in between: over 4,000 tokens (250
+    tiles), in one split and in 3, the float32 kernel stays within 1e-4 of the float64 reference on
+    keys whose offset (carried by that term) is 58x their varying part, where a drifting angle
+    would show first. Anchors every 5 tiles put chunk ends inside splits of 84 tiles."""
+    import oscar_cluster.kernels.attention as attention
+
+    monkeypatch.setattr(attention, "ROPE_ANCHOR_TILES", triton.language.constexpr(anchor))
     tb, rel_err = _offset_batch(58.0, seed=5, prefix=(4000, 1500))
     for splits in (1, 3):
         assert rel_err(operand_precision="fp32", num_splits=splits, block_n=16) < 1e-4

@@ -3,8 +3,8 @@
 # GPU, until the deadline (seconds from now, first argument). Resumable: call it again with a new
 # deadline and it goes on where it stopped (oscar-eval rows, fitted artifacts and the combine choice
 # are kept under /tmp/abl and /tmp/ruler-combined).
-#   GPU 0: the ablations in $ABLATE (default 18,19,20: Python-docs text with a recent-32 window,
-#          with 2.1 code bits, with 16 sinks) on the hard tasks at 8K, 50 samples, paired with bf16 -> /tmp/abl/gpu0.json; then
+#   GPU 0: the ablations in $ABLATE (default 18,19: Python-docs text with a recent-32 window, with
+#          2.1 code bits) on the hard tasks at 8K, 50 samples, paired with bf16 -> /tmp/abl/gpu0.json; then
 #          the combined variant (needle_ablations.py --combine: the best text with every knob that
 #          beat the knob-free variant of its text, within 2.25 true bits at 8K) on the hard tasks;
 #          then that artifact on the other 5 needle tasks at 8K, on 4 of the 8 at 32K, and
@@ -35,7 +35,8 @@ EASY8K=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multiquery
 A=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1
 B=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
 ENC=${ENCODER:-kernels}
-ABLATE=${ABLATE:-18,19,20}  # 11 (docs text, no knob) and 16 (key x2) ran on 2026-11-30: quality/ablations-qwen-8k-h200-kernels*.json
+ABLATE=${ABLATE:-18,19}  # 11 (docs text, no knob) and 16 (key x2) ran on 2026-11-30: quality/ablations-qwen-8k-h200-kernels*.json;
+# 20 (16 sinks) gained nothing on SmolLM2 (needle-ablations-smollm2-cpu-4.json), 19 neither, but costs no fit of its own
 R=/tmp/ruler-combined
 : "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
 WIKI=$REPO/.gpu/data/wiki.test.raw; [ -f "$WIKI" ] || WIKI=/tmp/gpu/data/wiki.test.raw

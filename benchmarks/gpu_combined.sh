@@ -36,7 +36,8 @@ A=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1
 B=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
 ENC=${ENCODER:-kernels}
 ABLATE=${ABLATE:-18,19}  # 11 (docs text, no knob) and 16 (key x2) ran on 2026-11-30: quality/ablations-qwen-8k-h200-kernels*.json;
-# 20 (16 sinks) gained nothing on SmolLM2 (needle-ablations-smollm2-cpu-4.json), 19 neither, but costs no fit of its own
+# on SmolLM2 at 1K neither 19 (2.1 code bits) nor 20 (16 sinks) gained (needle-ablations-smollm2-cpu-4.json); 19 stays
+# queued because more bits was the strongest lever there at +0.5 bits
 R=/tmp/ruler-combined
 : "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
 WIKI=$REPO/.gpu/data/wiki.test.raw; [ -f "$WIKI" ] || WIKI=/tmp/gpu/data/wiki.test.raw

@@ -141,6 +141,13 @@ def _mm_rope(a, b, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _value_step(acc, alpha, pv, base, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
+                BLOCK_N: tl.constexpr, LOWP: tl.constexpr):
+    """One online-softmax step of a value group's codec-space accumulator: acc alpha + pv @ levels."""
+    return acc * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N), LOWP)
+
+
+@triton.jit
 def _online_update(s, m_i, l_i):
     """One online-softmax step (base 2): -> (p, alpha, m_new, l_new)."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -302,17 +309,13 @@ def _attn_kernel(
                 p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
                 pv = p * _scale(base + vs_off, ok)[None, :]
                 if V4P > 1:
-                    a4 = a4 * alpha[:, None] + _mm(
-                        pv, _group_levels(base, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N), LOWP)
+                    a4 = _value_step(a4, alpha, pv, base, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N, LOWP)
                 if V3P > 1:
-                    a3 = a3 * alpha[:, None] + _mm(
-                        pv, _group_levels(base, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N), LOWP)
+                    a3 = _value_step(a3, alpha, pv, base, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N, LOWP)
                 if V2P > 1:
-                    a2 = a2 * alpha[:, None] + _mm(
-                        pv, _group_levels(base, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N), LOWP)
+                    a2 = _value_step(a2, alpha, pv, base, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N, LOWP)
                 if V1P > 1:
-                    a1 = a1 * alpha[:, None] + _mm(
-                        pv, _group_levels(base, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N), LOWP)
+                    a1 = _value_step(a1, alpha, pv, base, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N, LOWP)
             else:
                 kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
                 k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)

@@ -57,13 +57,12 @@ def _group_levels(base, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.co
     each (kernel-registers-sm90.json counts the loop's instructions).
     base: [N] slot pointers -> [N, NSEG_P2 * 8] float32 (padding channels: levels of code 0)."""
     seg = tl.arange(0, NSEG_P2)
-    msk = ok[:, None] & (seg[None, :] < NSEG)
-    ptr = base[:, None] + OFF + seg[None, :] * B  # [N, NSEG_P2] each segment's first byte
-    word = tl.load(ptr, mask=msk, other=0).to(tl.int32)
-    for b in tl.static_range(1, B):  # the segment's other bytes, shifted in place: no reduction across
-        # lanes (a [N, NSEG_P2, 4] byte tile summed over its last axis cost 10% more instructions per
-        # key at the fastest tiles, 64 keys and 2 warps: benchmarks/kernel_registers.py)
-        word = word | (tl.load(ptr + b, mask=msk, other=0).to(tl.int32) << (8 * b))
+    byt = tl.arange(0, 4)
+    msk = ok[:, None, None] & (seg[None, :, None] < NSEG) & (byt[None, None, :] < B)
+    raw = tl.load(base[:, None, None] + OFF + seg[None, :, None] * B + byt[None, None, :], mask=msk, other=0)
+    # (loading the B bytes as B [N, NSEG_P2] tiles shifted in place issues 10% fewer instructions per
+    # key at 64-key tiles and 2 warps, 24% more at 16 keys and 4 warps, the default: revisit with it)
+    word = tl.sum(raw.to(tl.int32) << (8 * byt)[None, None, :], axis=2)  # [N, NSEG_P2]
     code = (word[:, :, None] >> (B * tl.arange(0, 8))[None, None, :]) & ((1 << B) - 1)
     code = tl.reshape(code, [BLOCK_N, NSEG_P2 * 8])
     HALFV: tl.constexpr = 1 << (B - 1)

@@ -14,8 +14,8 @@ computed as one matrix product per tile on the codes' levels, a per-row constant
 mean term sum_i A_i cos(p w_i) + B_i sin(p w_i) = sum_i A'_i cos(n w_i) + B'_i sin(n w_i) for
 p = p0 + n in a tile: (A', B') is (A, B) rotated by p0 w (float64 angle every ROPE_ANCHOR_TILES
 tiles, one float32 rotation by BLOCK_N w per tile in between), against a [BLOCK_N, d/2] table
-loaded once. Values are
-accumulated in the codec's space (sum p s_v L_v) and mapped back once: (.) v_W + (sum p) v_b.
+loaded once. Values are accumulated in the codec's space (sum p s_v L_v) and mapped back once:
+(.) v_W + (sum p) v_b.
 
 `paged_attention_reference` is the spec: it decodes the slots with `OscarCodec._decode` and runs
 exact attention in float64. `paged_attention_bf16` runs the same kernel on bf16 pages (the
@@ -33,7 +33,7 @@ import triton.language as tl
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
 from .layout import LayerTables, group_args
-from .write_kv import check_cache, read_slots
+from .write_kv import check_cache, read_slots, wrap_angle
 
 __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_attention_bf16",
            "paged_attention_reference", "paged_attention_bf16_reference", "rope_tile_table"]
@@ -262,8 +262,7 @@ def _attn_kernel(
             invf = tl.load(invf_ptr + i)
             ra_t = ra
             rb_t = rb
-            step = BLOCK_N * invf
-            step = (step - tl.floor(step / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+            step = wrap_angle(BLOCK_N * invf)
             c_step = tl.cos(step)
             s_step = tl.sin(step)
             # cos/sin(n w) of a tile, loaded once: [HALF, BLOCK_N]
@@ -274,8 +273,7 @@ def _attn_kernel(
         chunk_hi = tile_hi
         if PACKED:
             if HAS_ROPE:  # (A', B') at this tile from the exact float64 angle, every ROPE_ANCHOR_TILES tiles
-                ang = (tile * BLOCK_N).to(tl.float64) * invf
-                ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+                ang = wrap_angle((tile * BLOCK_N).to(tl.float64) * invf)
                 c0 = tl.cos(ang)
                 s0 = tl.sin(ang)
                 ra_t = ra * c0[None, :] + rb * s0[None, :]

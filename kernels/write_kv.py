@@ -11,8 +11,6 @@ boundaries (the transform is a matrix product whose summation order differs).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -23,8 +21,14 @@ from .layout import LayerTables, group_args
 
 __all__ = ["write_kv", "write_kv_reference", "check_cache"]
 
-TWO_PI = 2 * math.pi
 MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
+
+
+@triton.jit
+def wrap_angle(ang):
+    """A float64 angle reduced to [0, 2 pi) in float64, then rounded to float32 (cos/sin arguments
+    stay small however large the position)."""
+    return (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
 
 
 @triton.jit
@@ -121,7 +125,7 @@ def _write_kind_kernel(
             pos = tl.load(pos_ptr + tok, mask=valid, other=0).to(tl.float64)
             invf = tl.load(invf_ptr + (d % HALF))
             ang = pos[:, None] * invf[None, :]
-            ang = (ang - tl.floor(ang / 6.283185307179586) * 6.283185307179586).to(tl.float32)
+            ang = wrap_angle(ang)
             m_self = tl.load(rm_ptr + h * D + d)
             m_pair = tl.load(rm_ptr + h * D + (d + HALF) % D)
             sign = tl.where(d < HALF, -1.0, 1.0)

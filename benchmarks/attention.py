@@ -498,9 +498,9 @@ def main() -> None:
     for name in args.sections.split(","):
         t0 = time.time()
         try:
-            # decode checks: the default tiles, and the variants the 2026-11-30 tuning found fastest
-            # (attention-h200-2.json timed them without checking their output)
-            fn = {"checks": lambda: section_checks(variants=({}, {"block_n": 64, "num_warps": 2},
+            # decode checks: the default tiles (64 keys x 2 warps for packed decode since 2026-11-30),
+            # the earlier default (16 x 4) and 32 x 2
+            fn = {"checks": lambda: section_checks(variants=({}, {"block_n": 16, "num_warps": 4},
                                                              {"block_n": 32, "num_warps": 2})),
                   "copy": section_copy, "precision": section_precision,
                   "compile": section_compile, "decode": lambda: section_decode(args.quick, args.contexts, args.batches),

@@ -6,6 +6,10 @@
 # 32K) are seeded, so only missing samples run; the single-needle tasks, never run at 32K, go first.
 # The artifact is refitted on the machine: its YAML and layouts repeat, its transforms may differ in
 # the last bits (GPU fitting is not bitwise deterministic; quality/python-docs/run.json).
+# Then, with the time left, each GPU runs the needle_ablations.py variants in $ABLATE0 / $ABLATE1
+# (default 16 and 21: keys weighted x2, and that with 2.1 code bits) at 32K on niah_multikey_2/3,
+# $N_ABL samples (default 30), paired with the committed bf16 rows -> /tmp/abl32/gpuN.json.
+#   bash benchmarks/gpu_docs32k.sh 585 50        # ABLATE0= ABLATE1= to skip the ablations
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=8
@@ -30,6 +34,24 @@ cd /tmp
 CUDA_VISIBLE_DEVICES=0 python3 $REPO/benchmarks/needle_ablations.py --model $M --device cuda --ctx 8192 --samples 1 \
   --tasks niah_multikey_3 --python-docs /tmp/pydocs --work /tmp/abl/gpu0 --variants 11 --fit-only > $R/fit.log 2>&1
 ART=/tmp/abl/gpu0/artifacts/v11; tail -n 2 $R/fit.log
+ABLATE0=${ABLATE0-16}; ABLATE1=${ABLATE1-21}; N_ABL=${N_ABL:-30}
+HARD32=niah_multikey_2,niah_multikey_3
+for g in 0 1; do  # the ablations' bf16 pairing: the committed 32K rows (not measured again)
+  mkdir -p /tmp/abl32/gpu$g/bf16
+  [ -s /tmp/abl32/gpu$g/bf16/ruler.jsonl ] || grep '"codec": "bf16"' $COMMITTED | grep '"length": 32768,' \
+    | grep -E "\"task\": \"(${HARD32//,/|})\"" > /tmp/abl32/gpu$g/bf16/ruler.jsonl || true
+done
+ablate() {  # gpu variants: fit in a fresh process (as gpu_combined.sh does), then run
+  [ -n "$2" ] && [ $(left) -gt 60 ] || return 0
+  local a=(--model $M --device cuda --ctx 32768 --samples $N_ABL --batch 64 --batch-tokens 131072 --prefill-chunk 2048
+           --encoder kernels --tasks $HARD32 --python-docs /tmp/pydocs --work /tmp/abl32/gpu$1 --variants $2)
+  CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $(left) python3 $REPO/benchmarks/needle_ablations.py "${a[@]}" --fit-only \
+    >> /tmp/abl32/gpu$1.log 2>&1
+  [ $(left) -gt 60 ] || return 0
+  CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $(left) python3 $REPO/benchmarks/needle_ablations.py "${a[@]}" \
+    --out /tmp/abl32/gpu$1.json >> /tmp/abl32/gpu$1.log 2>&1
+  echo "gpu$1 ablate $2 -> rc $? at $(date +%T)" >> /tmp/abl32/gpu$1.log
+}
 run() {  # gpu tasks
   [ $(left) -gt 30 ] || return 0  # (timeout 0 would mean no limit)
   CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $(left) python3 -m oscar_cluster.evaluation.cli --model $M --device cuda \
@@ -37,10 +59,16 @@ run() {  # gpu tasks
     --batch 64 --batch-tokens 131072 --out $R/gpu$1 --quiet >> $R/gpu$1.log 2>&1
   echo "gpu$1 $2 -> rc $? at $(date +%T)" >> $R/gpu$1.log
 }
-run 0 $G0 &
-run 1 $G1 &
+{ run 0 $G0; ablate 0 "$ABLATE0"; } &
+{ run 1 $G1; ablate 1 "$ABLATE1"; } &
 wait
 tail -n 3 $R/gpu0.log $R/gpu1.log
+grep -hE "^v[0-9]|Error" /tmp/abl32/gpu*.log 2>/dev/null | tail -n 8
+mkdir -p $R/ablations && cp /tmp/abl32/*.json /tmp/abl32/*.log $R/ablations/ 2>/dev/null
+for g in 0 1; do for v in /tmp/abl32/gpu$g/v[0-9]*; do  # the variants' rows and artifacts' YAML
+  [ -d $v ] && mkdir -p $R/ablations/gpu$g && cp -r $v $R/ablations/gpu$g/ \
+    && cp /tmp/abl32/gpu$g/artifacts/$(basename $v)/oscar.yaml $R/ablations/gpu$g/$(basename $v)/ 2>/dev/null
+done; done
 MERGE=; for d in $R/gpu0 $R/gpu1 $R/bf16 /tmp/ruler-combined/gpu1; do [ -d $d ] && MERGE=$MERGE${MERGE:+,}$d; done
 [ -n "$MERGE" ] && python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $R/merged > $R/merge.log 2>&1
 python3 $REPO/benchmarks/ruler_table.py $R/merged/ruler.jsonl --out $R/merged/paired.json 2>&1 | tail -n 14

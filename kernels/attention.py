@@ -488,9 +488,15 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
         block_q = 1 if max_q_len <= 1 else max(1, min(triton.next_power_of_2(max_q_len), 128 // G_P2, 16))
     BLOCK_M = max(16, block_q * G_P2)
     if block_n is None:
-        # packed pages: 16-key tiles (compiled for sm_90, 64-key tiles spill KBs per thread;
-        # benchmarks/results/kernel-registers-sm90.json); bf16 pages decode with 64 (the H200's tuned choice)
-        block_n = 64 if dev.type == "cuda" and BLOCK_M <= 16 and not packed else 16
+        # On CUDA, rows of <= 16 (decode; for bf16 pages also short prefill blocks): 64-key tiles, the
+        # H200's tuned choice. Packed decode with 2 warps: the fastest of 9 tiles x warps there
+        # (attention-h200-2.json: 2.27 ms against 3.43 ms for 16 keys x 4 warps at 32K x 8); the
+        # kernel is issue-bound and this tiling issues the fewest instructions per key
+        # (kernel-registers-sm90.json), despite its spills. Packed prefill stays at 16-key tiles.
+        packed_decode = packed and max_q_len <= 1
+        block_n = 64 if dev.type == "cuda" and BLOCK_M <= 16 and (packed_decode or not packed) else 16
+        if packed_decode and dev.type == "cuda" and num_warps is None:
+            num_warps = 2
     elif dev.type == "cuda" and BLOCK_M > 16 and block_n > 16:
         # Measured on the H200 (Triton 3.6): query blocks of more than 16 rows with key tiles of 32
         # or 64 give wrong results or faulting loads; 16-row blocks and 16-key tiles are exact

@@ -3,6 +3,11 @@ the samples both ran (same prompts), the 8-needle mean and its ratio to bf16, an
 per sample. Writes JSON (and prints a markdown table).
 
     python benchmarks/ruler_table.py benchmarks/results/quality/ruler.jsonl --out benchmarks/results/quality/paired.json
+
+Ablations: `--variant NAME=ROWS` adds another run's rows (a needle_ablations.py variant's
+ruler.jsonl) as codec NAME; `--same-samples` then pairs every codec on the samples all of them ran
+(so a partial variant is compared with the full run on its own samples), and `--lengths`/`--tasks`
+keep part of the rows.
 """
 
 from __future__ import annotations
@@ -21,15 +26,19 @@ from oscar_cluster.evaluation.ruler import NIAH_TASKS  # noqa: E402
 from _record import write_result  # noqa: E402
 
 
-def paired(rows: list[dict], base: str = "bf16") -> list[dict]:
+def paired(rows: list[dict], base: str = "bf16", same_samples: bool = False) -> list[dict]:
+    """Per codec, length and task: mean score against `base` on the samples both ran (with
+    `same_samples`, on the samples every codec ran), then the mean over the needle tasks."""
     by = defaultdict(dict)
     for r in rows:
         by[(r["task"], r["length"], r["sample"], r.get("depth"))][r["codec"]] = r
     out = []
-    codecs = sorted({r["codec"] for r in rows} - {base})
+    everyone = {r["codec"] for r in rows}
+    codecs = sorted(everyone - {base})
     for c in codecs:
         for n in sorted({r["length"] for r in rows}):
-            keys = [k for k, v in by.items() if k[1] == n and c in v and base in v]
+            keys = [k for k, v in by.items() if k[1] == n and c in v and base in v
+                    and (not same_samples or everyone <= set(v))]
             for task in sorted({k[0] for k in keys}) + ["niah_mean"]:
                 ks = [k for k in keys if (k[0] in NIAH_TASKS if task == "niah_mean" else k[0] == task)]
                 if not ks:
@@ -46,9 +55,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rows")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ROWS",
+                    help="another ruler.jsonl whose rows join the table as codec NAME (repeatable)")
+    ap.add_argument("--same-samples", action="store_true", help="pair every codec on the samples all of them ran")
+    ap.add_argument("--lengths", default=None, help="keep these lengths (tokens, comma-separated)")
+    ap.add_argument("--tasks", default=None, help="keep these tasks (comma-separated)")
     args = ap.parse_args()
     rows = read_rows(Path(args.rows))
-    table = paired(rows)
+    for spec in args.variant:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            ap.error(f"--variant wants NAME=ROWS with ROWS an existing ruler.jsonl, got {spec!r}")
+        rows += [{**r, "codec": name} for r in read_rows(Path(path))]
+    if args.lengths:
+        keep = {int(x) for x in args.lengths.split(",")}
+        rows = [r for r in rows if r["length"] in keep]
+    if args.tasks:
+        keep = set(args.tasks.split(","))
+        rows = [r for r in rows if r["task"] in keep]
+    table = paired(rows, same_samples=args.same_samples)
     speed = {f"{c}@{n}": {"median_seconds_per_sample": statistics.median(s), "rows": len(s)}
              for c in sorted({r["codec"] for r in rows}) for n in sorted({r["length"] for r in rows})
              if (s := [r["seconds"] for r in rows if r["codec"] == c and r["length"] == n])}

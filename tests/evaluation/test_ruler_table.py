@@ -1,0 +1,71 @@
+"""benchmarks/ruler_table.py: pairing against bf16, and an ablation's partial rows on the samples all ran."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "ruler_table.py"
+
+
+def _load(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling _record
+    spec = importlib.util.spec_from_file_location("ruler_table", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(codec, task, sample, score, length=32768):
+    return {"codec": codec, "task": task, "length": length, "sample": sample, "depth": None, "score": score,
+            "seconds": 1.0}
+
+
+def _rows():
+    rows = [_row("bf16", "niah_multikey_2", i, s) for i, s in enumerate([100, 100, 0, 100])]
+    rows += [_row("oscar", "niah_multikey_2", i, s) for i, s in enumerate([100, 0, 0, 0])]
+    return rows
+
+
+def test_pairs_each_codec_with_bf16_on_the_samples_both_ran(monkeypatch):
+    rows = _rows() + [_row("kivi2", "niah_multikey_2", 0, 0.0)]  # kivi2 ran sample 0 only
+    table = {(t["codec"], t["task"]): t for t in _load(monkeypatch).paired(rows)}
+    assert table["oscar", "niah_multikey_2"]["samples"] == 4
+    assert table["oscar", "niah_multikey_2"]["score"] == 25.0 and table["oscar", "niah_multikey_2"]["bf16"] == 75.0
+    assert table["kivi2", "niah_multikey_2"]["samples"] == 1 and table["kivi2", "niah_multikey_2"]["bf16"] == 100.0
+
+
+def test_same_samples_restricts_every_codec_to_the_common_samples(monkeypatch):
+    rows = _rows() + [_row("v21", "niah_multikey_2", i, s) for i, s in ((1, 100), (2, 0))]
+    table = {(t["codec"], t["task"]): t for t in _load(monkeypatch).paired(rows, same_samples=True)}
+    for codec in ("oscar", "v21"):
+        assert table[codec, "niah_multikey_2"]["samples"] == 2  # samples 1 and 2 only
+        assert table[codec, "niah_multikey_2"]["bf16"] == 50.0
+    assert table["oscar", "niah_multikey_2"]["score"] == 0.0
+    assert table["v21", "niah_multikey_2"]["score"] == 50.0
+
+
+def test_cli_variant_rows_join_as_a_named_codec(tmp_path):
+    main = tmp_path / "ruler.jsonl"
+    main.write_text("".join(json.dumps(r) + "\n" for r in _rows() + [_row("bf16", "niah_single_1", 0, 100, 8192)]))
+    var = tmp_path / "v.jsonl"
+    var.write_text(json.dumps(_row("oscar", "niah_multikey_2", 3, 100)) + "\n")
+    out = tmp_path / "paired.json"
+    subprocess.run([sys.executable, str(SCRIPT), str(main), "--variant", f"keys-x2={var}", "--same-samples",
+                    "--lengths", "32768", "--out", str(out)], check=True, capture_output=True, text=True)
+    got = {(t["codec"], t["task"]): t for t in json.loads(out.read_text())["paired_vs_bf16"]}
+    assert got["keys-x2", "niah_multikey_2"] == {**got["keys-x2", "niah_multikey_2"], "samples": 1, "score": 100.0,
+                                                 "bf16": 100.0}
+    assert got["oscar", "niah_multikey_2"]["score"] == 0.0  # sample 3 only
+    assert all(t["length"] == 32768 for t in got.values())
+
+
+def test_cli_refuses_a_variant_without_rows(tmp_path):
+    main = tmp_path / "ruler.jsonl"
+    main.write_text(json.dumps(_row("bf16", "niah_multikey_2", 0, 100)) + "\n")
+    res = subprocess.run([sys.executable, str(SCRIPT), str(main), "--variant", "x=" + str(tmp_path / "missing.jsonl"),
+                          "--out", str(tmp_path / "o.json")], capture_output=True, text=True)
+    assert res.returncode != 0 and "--variant wants NAME=ROWS" in res.stderr
+    assert not (tmp_path / "o.json").exists()

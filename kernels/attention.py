@@ -46,32 +46,41 @@ ROPE_SPLIT_RATIO = 3.0  # key offset (||mean|| / rms of the rest) above which th
 
 
 @triton.jit
-def _group_levels(base, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr):
+def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr,
+                  LOWP: tl.constexpr):
     """Levels of one bit-width group: NSEG segments of 8 channels of B bits at byte OFF of each slot.
 
     A segment is B bytes, little-endian, channel i at bits [i B, i B + B) (the codec's run packing),
-    so every load and shift is regular (no per-channel tables). A level is the odd polynomial of the
-    code's centred value x = (c - (2^B - 1)/2) / 2^(B-1) through the B-bit table (`level_polynomials`):
-    c becomes a float by the exponent trick (c | 0x4B000000 is the float 2^23 + c), then Horner in x^2,
-    a few multiply-adds per code where selecting among 2^(B-1) magnitudes took a compare and a select
-    each (kernel-registers-sm90.json counts the loop's instructions).
-    base: [N] slot pointers -> [N, NSEG_P2 * 8] float32 (padding channels: levels of code 0)."""
+    so every load and shift is regular (no per-channel tables). Each segment is read as the one or
+    two aligned 32-bit words that hold it, shifted into place (a funnel shift): two loads per
+    segment in one thread, where loading its B bytes in B threads took a cross-lane sum. A level is
+    the odd polynomial of the code's centred value x = (c - (2^B - 1)/2) / 2^(B-1) through the B-bit
+    table (`level_polynomials`): c becomes a float by the exponent trick, then Horner in x^2. With
+    bf16 matrix operands (LOWP 1, and its emulation 2) in float16, two codes per instruction (its
+    rounding, 2^-11, is below the bf16 rounding of the product's operand that follows); exact
+    float32 otherwise. kernel-registers-sm90.json counts the loop's instructions.
+    words: the cache as 32-bit words; so: [N] int64 byte offsets of the slots in the cache
+    -> [N, NSEG_P2 * 8] levels (padding channels: levels of code 0)."""
     seg = tl.arange(0, NSEG_P2)
-    byt = tl.arange(0, 4)
-    msk = ok[:, None, None] & (seg[None, :, None] < NSEG) & (byt[None, None, :] < B)
-    raw = tl.load(base[:, None, None] + OFF + seg[None, :, None] * B + byt[None, None, :], mask=msk, other=0)
-    # (loading the B bytes as B [N, NSEG_P2] tiles shifted in place issues 10% fewer instructions per
-    # key at 64-key tiles and 2 warps, 24% more at 16 keys and 4 warps, the default: revisit with it)
-    word = tl.sum(raw.to(tl.int32) << (8 * byt)[None, None, :], axis=2)  # [N, NSEG_P2]
+    at = so[:, None] + (OFF + seg * B)[None, :]  # [N, NSEG_P2] byte offset of each segment
+    sh = ((at & 3) * 8).to(tl.uint32)
+    msk = ok[:, None] & (seg[None, :] < NSEG)
+    lo = tl.load(words + (at >> 2), mask=msk, other=0)
+    # the next word only where the segment crosses into it (within the slot: the scales follow the codes)
+    hi = tl.load(words + (at >> 2) + 1, mask=msk & (sh + 8 * B > 32), other=0)
+    word = (lo >> sh) | ((hi << 1) << (31 - sh))  # (hi << 32 - sh would be undefined at sh = 0)
     code = (word[:, :, None] >> (B * tl.arange(0, 8))[None, None, :]) & ((1 << B) - 1)
     code = tl.reshape(code, [BLOCK_N, NSEG_P2 * 8])
     HALFV: tl.constexpr = 1 << (B - 1)
-    c = (code | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # c as a float, exactly
+    if LOWP == 0:
+        c = (code | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # 2^23 + c, minus 2^23: c exactly
+    else:
+        c = (code | 0x6400).to(tl.uint16).to(tl.float16, bitcast=True) - 1024.0  # 2^10 + c, minus 2^10
     x = c * (1.0 / HALFV) - (2 * HALFV - 1) / (2 * HALFV)  # exact (a power-of-two scale)
     x2 = x * x
-    acc = tl.zeros([BLOCK_N, NSEG_P2 * 8], tl.float32) + tl.load(poly_ptr + 8 * B + HALFV - 1)
+    acc = tl.zeros([BLOCK_N, NSEG_P2 * 8], c.dtype) + tl.load(poly_ptr + 8 * B + HALFV - 1).to(c.dtype)
     for j in tl.static_range(HALFV - 2, -1, -1):
-        acc = acc * x2 + tl.load(poly_ptr + 8 * B + j)
+        acc = acc * x2 + tl.load(poly_ptr + 8 * B + j).to(c.dtype)
     return acc * x
 
 
@@ -140,10 +149,10 @@ def _mm_rope(a, b, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _value_step(acc, alpha, pv, base, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
+def _value_step(acc, alpha, pv, words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
                 BLOCK_N: tl.constexpr, LOWP: tl.constexpr):
     """One online-softmax step of a value group's codec-space accumulator: acc alpha + pv @ levels."""
-    return acc * alpha[:, None] + _mm(pv, _group_levels(base, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N), LOWP)
+    return acc * alpha[:, None] + _mm(pv, _group_levels(words, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP), LOWP)
 
 
 @triton.jit
@@ -234,6 +243,7 @@ def _attn_kernel(
     VO2 = VO4 + 4 * V4 + 3 * V3
     VO1 = VO4 + 4 * V4 + 3 * V3 + 2 * V2
     if PACKED:
+        words = cache_ptr.to(tl.pointer_type(tl.uint32))  # the codes are read as aligned 32-bit words
         if K4P > 1:
             q4 = _group_query(qt_ptr, row, row_ok, D, 0, K4, K4P)
         if K3P > 1:
@@ -286,16 +296,17 @@ def _attn_kernel(
             slot = blk * block_size + t % block_size
             if PACKED:
                 ok = in_seq & (t >= n_sinks)
-                base = cache_ptr + slot * (H * slot_bytes) + h * slot_bytes
+                so = slot * (H * slot_bytes) + h * slot_bytes  # [N] int64
+                base = cache_ptr + so
                 s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
                 if K4P > 1:
-                    s += _mm(q4, tl.trans(_group_levels(base, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N)), LOWP)
+                    s += _mm(q4, tl.trans(_group_levels(words, so, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N, LOWP)), LOWP)
                 if K3P > 1:
-                    s += _mm(q3, tl.trans(_group_levels(base, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N)), LOWP)
+                    s += _mm(q3, tl.trans(_group_levels(words, so, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N, LOWP)), LOWP)
                 if K2P > 1:
-                    s += _mm(q2, tl.trans(_group_levels(base, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N)), LOWP)
+                    s += _mm(q2, tl.trans(_group_levels(words, so, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N, LOWP)), LOWP)
                 if K1P > 1:
-                    s += _mm(q1, tl.trans(_group_levels(base, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N)), LOWP)
+                    s += _mm(q1, tl.trans(_group_levels(words, so, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N, LOWP)), LOWP)
                 s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
                 if HAS_ROPE:  # sum_i A'_i cos(n w_i) + B'_i sin(n w_i), then A', B' move one tile on
                     s += _mm_rope(ra_t, cn_t, LOWP, ROPE_SPLIT)
@@ -306,13 +317,13 @@ def _attn_kernel(
                 p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
                 pv = p * _scale(base + vs_off, ok)[None, :]
                 if V4P > 1:
-                    a4 = _value_step(a4, alpha, pv, base, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N, LOWP)
+                    a4 = _value_step(a4, alpha, pv, words, so, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N, LOWP)
                 if V3P > 1:
-                    a3 = _value_step(a3, alpha, pv, base, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N, LOWP)
+                    a3 = _value_step(a3, alpha, pv, words, so, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N, LOWP)
                 if V2P > 1:
-                    a2 = _value_step(a2, alpha, pv, base, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N, LOWP)
+                    a2 = _value_step(a2, alpha, pv, words, so, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N, LOWP)
                 if V1P > 1:
-                    a1 = _value_step(a1, alpha, pv, base, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N, LOWP)
+                    a1 = _value_step(a1, alpha, pv, words, so, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N, LOWP)
             else:
                 kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
                 k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
@@ -592,6 +603,10 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     ROPE_SPLIT_RATIO).
     Returns [tokens, q_heads, d] in q's dtype."""
     check_cache(cache, tables)
+    if cache.data_ptr() % 4:
+        raise ConfigError("paged_attention reads the pages as 32-bit words: the cache must start at a 4-byte "
+                          f"aligned address (got {cache.data_ptr():#x}); pass the whole page tensor, not an "
+                          "offset view of it")
     B = prefix_lens.shape[0]
     want = (B, tables.sinks, tables.kv_heads, tables.head_dim)
     if tables.sinks and (tuple(sink_k.shape) != want or tuple(sink_v.shape) != want):

@@ -148,6 +148,41 @@ def test_paged_attention_random_layout_and_gqa_rows():
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.parametrize("extra_v_bytes", [0, 1, 2, 3])
+def test_codes_read_as_words_at_every_slot_alignment(extra_v_bytes):
+    """The attention kernel reads each segment as the aligned 32-bit word(s) holding it, so slots
+    of 4k, 4k+1, 4k+2 and 4k+3 bytes put segments at every offset within a word, and 4-byte
+    segments across two words. Exact (float32 operands) and with bf16 operands, whose levels are
+    computed in float16 (emulated here)."""
+    d, H, Hq = 64, 2, 4
+    codec = _fitted(d, H, Hq, seed=13)
+    codec.layers[0]["k"].bits = torch.tensor([4, 3, 3, 2, 2, 2, 1, 1]).repeat_interleave(8)
+    codec.layers[0]["v"].bits = torch.tensor([3] * extra_v_bytes + [2] * (8 - extra_v_bytes)).repeat_interleave(8)
+    tb = layer_tables(codec, 0)
+    assert tb.slot_bytes == 18 + 16 + extra_v_bytes + 4 and tb.slot_bytes % 4 == (2 + extra_v_bytes) % 4
+    g = torch.Generator().manual_seed(40 + extra_v_bytes)
+    q, kn, vn, cache, bt, pl, cu, sk, sv = _paged_batch(codec, tb, d, H, Hq, [45, 9, 23], [1, 1, 1], 16, g)
+    sm = d ** -0.5
+    want = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm)
+    got = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, num_splits=2, poison=True,
+                          operand_precision="fp32")
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+    low = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="bf16")
+    assert float((low - want).norm() / want.norm()) < 1e-2
+
+
+def test_paged_attention_refuses_an_unaligned_cache():
+    d, H, Hq = 64, 1, 2
+    codec = _fitted(d, H, Hq, seed=2)
+    tb = layer_tables(codec, 0)
+    g = torch.Generator().manual_seed(1)
+    q, kn, vn, cache, bt, pl, cu, sk, sv = _paged_batch(codec, tb, d, H, Hq, [20], [1], 16, g)
+    shifted = torch.empty(cache.numel() + 1, dtype=torch.uint8)[1:].view(cache.shape)
+    shifted.copy_(cache)
+    with pytest.raises(ConfigError, match="4-byte aligned"):
+        paged_attention(q, kn, vn, shifted, bt, pl, cu, sk, sv, tb, d ** -0.5)
+
+
 @pytest.mark.parametrize("splits", [1, 4])
 def test_bf16_paged_kernel_matches_reference(splits):
     d, H, Hq, bs = 128, 2, 8, 16

@@ -500,10 +500,11 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
     BLOCK_M = max(16, block_q * G_P2)
     if block_n is None:
         # On CUDA, rows of <= 16 (decode; for bf16 pages also short prefill blocks): 64-key tiles, the
-        # H200's tuned choice. Packed decode with 2 warps: the fastest of 9 tiles x warps there
-        # (attention-h200-2.json: 2.27 ms against 3.43 ms for 16 keys x 4 warps at 32K x 8); the
-        # kernel is issue-bound and this tiling issues the fewest instructions per key
-        # (kernel-registers-sm90.json), despite its spills. Packed prefill stays at 16-key tiles.
+        # H200's tuned choice. Packed decode with 2 warps: the fastest of 9 tiles x warps there, and
+        # checked against the reference on the GPU (attention-h200-3.json: 1.831 ms against 3.146 ms
+        # for 16 keys x 4 warps at 32K x 8); the kernel is issue-bound and this tiling issues the
+        # fewest instructions per key (kernel-registers-sm90.json), despite its spills. Packed
+        # prefill stays at 16-key tiles.
         packed_decode = packed and max_q_len <= 1
         block_n = 64 if dev.type == "cuda" and BLOCK_M <= 16 and (packed_decode or not packed) else 16
         if packed_decode and dev.type == "cuda" and num_warps is None:

@@ -8,7 +8,9 @@
 # the last bits (GPU fitting is not bitwise deterministic; quality/python-docs/run.json).
 # Then, with the time left, each GPU runs the needle_ablations.py variants in $ABLATE0 / $ABLATE1
 # (default 16 and 21: keys weighted x2, and that with 2.1 code bits) at 32K on niah_multikey_2/3,
-# $N_ABL samples (default 30), paired with the committed bf16 rows -> /tmp/abl32/gpuN.json.
+# $N_ABL samples (default 30), paired with the committed bf16 rows -> /tmp/abl32/gpuN.json. A variant's
+# rows committed in quality/ablations-32k/vN/ are seeded (its artifact is refitted: on 2026-11-30 two
+# refits of variant 11 on the machine gave identical transforms).
 #   bash benchmarks/gpu_docs32k.sh 585 50        # ABLATE0= ABLATE1= to skip the ablations
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
@@ -43,6 +45,10 @@ for g in 0 1; do  # the ablations' bf16 pairing: the committed 32K rows (not mea
 done
 ablate() {  # gpu variants: fit in a fresh process (as gpu_combined.sh does), then run
   [ -n "$2" ] && [ $(left) -gt 60 ] || return 0
+  local v; for v in ${2//,/ }; do  # a variant's committed rows (an earlier session) are not measured again
+    local c=$REPO/benchmarks/results/quality/ablations-32k/v$v/ruler.jsonl
+    [ -s $c ] && [ ! -s /tmp/abl32/gpu$1/v$v/ruler.jsonl ] && mkdir -p /tmp/abl32/gpu$1/v$v && cp $c /tmp/abl32/gpu$1/v$v/
+  done
   local a=(--model $M --device cuda --ctx 32768 --samples $N_ABL --batch 64 --batch-tokens 131072 --prefill-chunk 2048
            --encoder kernels --tasks $HARD32 --python-docs /tmp/pydocs --work /tmp/abl32/gpu$1 --variants $2)
   CUDA_VISIBLE_DEVICES=$1 timeout -s TERM $(left) python3 $REPO/benchmarks/needle_ablations.py "${a[@]}" --fit-only \

@@ -22,7 +22,7 @@ from .parallel import Shape, kv_rank_share
 from .specs import GPUSpec, ModelSpec, PlanRequest
 
 __all__ = ["WeightsRead", "AllReduce", "DecodeStep", "Prefill", "Cost", "weights_read_per_step", "allreduce",
-           "decode_step", "prefill_time", "cost", "PREFILL_MFU", "ACTIVATION_BYTES", "PP_HOP_LATENCY_US"]
+           "decode_step", "measured_kernel_step", "OSCAR_KERNEL_BW_FRACTION", "prefill_time", "cost", "PREFILL_MFU", "ACTIVATION_BYTES", "PP_HOP_LATENCY_US"]
 
 PREFILL_MFU = 0.4  # achieved fraction of dense bf16 peak in long prefills (FlashAttention-class kernels)
 ACTIVATION_BYTES = 2  # bf16 activations in all-reduces and pipeline hops
@@ -81,6 +81,21 @@ class DecodeStep:
     step_s: float
     tokens_per_s_replica: float
     formula: str
+    kv_s: float  # the KV reads' share of hbm_s
+
+
+# The roofline assumes decode kernels that read at HBM bandwidth. OSCAR's Triton decode attention does
+# not yet: on the H200 it read its packed pages at 91-105 GB/s at 32K-128K context and batch 8-32, 2.3%
+# of the 4.24 TB/s copy bandwidth (benchmarks/results/attention-h200-3.json; the copy in -2.json). It is
+# issue-bound, so the fraction is an estimate on other GPUs. Plans quote it as a second figure.
+OSCAR_KERNEL_BW_FRACTION = 0.023
+
+
+def measured_kernel_step(d: DecodeStep, bw_fraction: float) -> float:
+    """Decode step time with the KV reads at `bw_fraction` of HBM bandwidth instead of all of it."""
+    if not 0 < bw_fraction <= 1:
+        raise ValueError(f"bw_fraction must be in (0, 1], got {bw_fraction}")
+    return d.step_s + d.kv_s * (1 / bw_fraction - 1)
 
 
 def decode_step(req: PlanRequest, kv: KVBytes, w: WeightBytes, shape: Shape) -> DecodeStep:
@@ -103,7 +118,8 @@ def decode_step(req: PlanRequest, kv: KVBytes, w: WeightBytes, shape: Shape) -> 
                + (f"; PP hops {pp_s * 1e3:.3f} ms" if pp > 1 else "")
                + f"; step {step * 1e3:.2f} ms -> {shape.seqs} seqs / step = {shape.seqs / step:,.0f} tok/s "
                f"per replica (roofline bound)")
-    return DecodeStep(wr, ar, w_gpu + micro * kv_seq, hbm_s, pp_s, step, shape.seqs / step, formula)
+    kv_s = pp * micro * kv_seq / (g.hbm_tb_per_s * 1e12)
+    return DecodeStep(wr, ar, w_gpu + micro * kv_seq, hbm_s, pp_s, step, shape.seqs / step, formula, kv_s)
 
 
 @dataclass(frozen=True)

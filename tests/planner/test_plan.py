@@ -56,6 +56,27 @@ def test_decode_roofline_by_hand(request_for):
     assert o.cost.tokens_per_s == pytest.approx(8 / expected)
 
 
+def test_oscar_measured_kernel_figure_by_hand(request_for):
+    # 8B on one H100, oscar-int2, 8 x 8K: the KV reads of the roofline step, slowed to the measured
+    # fraction of HBM bandwidth of the Triton decode kernel, and the note that says so
+    from oscar_cluster.planner.perf import OSCAR_KERNEL_BW_FRACTION, measured_kernel_step
+
+    o = plan(request_for("8b", ctx=8192, batch=8)).option("oscar-int2")
+    assert (o.shape.tp, o.shape.pp, o.shape.replicas) == (1, 1, 1)
+    kv_bytes = o.kv_bytes_total  # the 8 sequences' KV, read once per step on the one GPU
+    kv_s = kv_bytes / 3.35e12
+    assert o.decode.kv_s == pytest.approx(kv_s)
+    assert o.decode.step_s == pytest.approx((8.03e9 * 2 + kv_bytes) / 3.35e12)
+    slow = o.decode.step_s - kv_s + kv_s / OSCAR_KERNEL_BW_FRACTION
+    assert measured_kernel_step(o.decode, OSCAR_KERNEL_BW_FRACTION) == pytest.approx(slow)
+    assert measured_kernel_step(o.decode, 1.0) == pytest.approx(o.decode.step_s)
+    note = next(n for n in o.notes if "bandwidth-bound" in n)
+    assert f"{8 / slow:,.0f} tok/s" in note and "attention-h200-3.json" in note
+    assert not any("bandwidth-bound" in n for n in plan(request_for("8b", ctx=8192, batch=8)).option("bf16").notes)
+    with pytest.raises(ValueError, match="bw_fraction"):
+        measured_kernel_step(o.decode, 0.0)
+
+
 def test_moe_decode_reads_active_params_for_one_sequence(request_for):
     o = plan(request_for("mixtral", ctx=1024, batch=1)).option("bf16")
     assert o.decode.weights_read.params == pytest.approx(12.9e9)

@@ -56,9 +56,10 @@ def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: 
     segment in one thread, where loading its B bytes in B threads took a cross-lane sum. A level is
     the odd polynomial of the code's centred value x = (c - (2^B - 1)/2) / 2^(B-1) through the B-bit
     table (`level_polynomials`): c becomes a float by the exponent trick, then Horner in x^2. With
-    bf16 matrix operands (LOWP 1, and its emulation 2) in float16, two codes per instruction (its
-    rounding, 2^-11, is below the bf16 rounding of the product's operand that follows); exact
-    float32 otherwise. kernel-registers-sm90.json counts the loop's instructions.
+    bf16 matrix operands (LOWP 1, and its emulation 2) in float16, two codes per instruction (Horner's
+    error, at most about 2^-10 of the largest level, is below the bf16 rounding, 2^-8, of the
+    product's operand that follows); exact float32 otherwise. kernel-registers-sm90.json counts the
+    loop's instructions.
     words: the cache as 32-bit words; so: [N] int64 byte offsets of the slots in the cache
     -> [N, NSEG_P2 * 8] levels (padding channels: levels of code 0)."""
     seg = tl.arange(0, NSEG_P2)
@@ -66,9 +67,11 @@ def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: 
     sh = ((at & 3) * 8).to(tl.uint32)
     msk = ok[:, None] & (seg[None, :] < NSEG)
     lo = tl.load(words + (at >> 2), mask=msk, other=0)
-    # the next word only where the segment crosses into it (within the slot: the scales follow the codes)
-    hi = tl.load(words + (at >> 2) + 1, mask=msk & (sh + 8 * B > 32), other=0)
-    word = (lo >> sh) | ((hi << 1) << (31 - sh))  # (hi << 32 - sh would be undefined at sh = 0)
+    if B > 1:  # the next word only where the segment crosses into it (within the slot: the scales follow)
+        hi = tl.load(words + (at >> 2) + 1, mask=msk & (sh + 8 * B > 32), other=0)
+        word = (lo >> sh) | ((hi << 1) << (31 - sh))  # (hi << 32 - sh would be undefined at sh = 0)
+    else:  # one byte never crosses a word
+        word = lo >> sh
     code = (word[:, :, None] >> (B * tl.arange(0, 8))[None, None, :]) & ((1 << B) - 1)
     code = tl.reshape(code, [BLOCK_N, NSEG_P2 * 8])
     HALFV: tl.constexpr = 1 << (B - 1)

@@ -57,8 +57,9 @@ def level_polynomials(levels: torch.Tensor) -> torch.Tensor:
     the odd polynomial through the b-bit levels, L[c] = sum_j a_j x^(2j+1) with x = (c - (2^b - 1)/2)
     / 2^(b-1) in (-1, 1). A symmetric table has 2^(b-1) magnitudes and the polynomial as many
     coefficients, so it passes through every level (float64 solve; Horner in x^2 in float32 is within
-    1e-7 relative of the table for the codec's tables). The attention kernel evaluates it instead of
-    selecting levels one comparison at a time (`kernels/attention.py: _group_levels`)."""
+    1e-7 relative of the table for the codec's tables, in float16 within 2^-10). The attention kernel
+    evaluates it instead of selecting levels one comparison at a time (`kernels/attention.py:
+    _group_levels`: float32 with float32 operands, float16 with bf16 operands)."""
     tab = levels.double().view(MAX_BITS + 1, LEVELS_PER_ROW)
     out = torch.zeros(MAX_BITS + 1, POLY_PER_ROW, dtype=torch.float64)
     for b in range(1, MAX_BITS + 1):
@@ -66,25 +67,31 @@ def level_polynomials(levels: torch.Tensor) -> torch.Tensor:
         x = (torch.arange(half, 2 * half, dtype=torch.float64) - (2 * half - 1) / 2) / half  # the positive half
         powers = x[:, None] ** (2 * torch.arange(half, dtype=torch.float64) + 1)[None, :]
         out[b, :half] = torch.linalg.solve(powers, tab[b, half:2 * half])
-        got = evaluate_level_polynomial(out[b].float(), b)
         want = tab[b, :2 * half].float()
-        err = float((got - want).abs().max())
-        if err > 1e-5 * max(float(want.abs().max()), 1e-30):
-            raise ConfigError(f"the {b}-bit level table {want.tolist()} is not smooth enough for the attention "
-                              f"kernel's polynomial levels (float32 error {err:.2e}); use the codec's level tables "
-                              "(Lloyd-Max or uniform)")
+        scale = max(float(want.abs().max()), 1e-30)
+        # float32 (exact operands) and float16 (with bf16 operands, whose own rounding is 2^-8)
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2.0 ** -9)):
+            got = evaluate_level_polynomial(out[b].float(), b, dtype)
+            err = float((got.float() - want).abs().max())
+            if not err <= tol * scale:
+                raise ConfigError(f"the {b}-bit level table {want.tolist()} is not smooth enough for the attention "
+                                  f"kernel's polynomial levels ({dtype} error {err:.2e}); use the codec's level "
+                                  "tables (Lloyd-Max or uniform)")
     return out.float().reshape(-1)
 
 
-def evaluate_level_polynomial(coef: torch.Tensor, bits: int) -> torch.Tensor:
-    """coef: [8] one row of `level_polynomials` -> [2^bits] float32 levels of codes 0..2^bits-1, computed
-    as the attention kernel computes them (x = c / 2^(b-1) - (2^b - 1) / 2^b, Horner in x^2, times x)."""
+def evaluate_level_polynomial(coef: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """coef: [8] one row of `level_polynomials` -> [2^bits] levels of codes 0..2^bits-1 in `dtype`, computed
+    as the attention kernel computes them (x = c / 2^(b-1) - (2^b - 1) / 2^b, Horner in x^2, times x;
+    float16 where its matrix operands are bf16; the GPU fuses each multiply-add, one rounding less)."""
     half = 1 << (bits - 1)
-    c = torch.arange(1 << bits, dtype=torch.float32)
+    c = torch.arange(1 << bits, dtype=dtype)
     x = c * (1.0 / half) - (2 * half - 1) / (2 * half)
-    acc = torch.full_like(x, float(coef[half - 1]))
+    x2 = x * x
+    k = coef.to(dtype)
+    acc = torch.full_like(x, float(k[half - 1]))
     for j in range(half - 2, -1, -1):
-        acc = acc * (x * x) + coef[j]
+        acc = acc * x2 + k[j]
     return acc * x
 
 

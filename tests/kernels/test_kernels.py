@@ -11,13 +11,14 @@ import math
 import pytest
 import torch
 import triton
+import triton.language as tl
 
 from oscar_cluster import codecs
 from oscar_cluster.errors import ConfigError
 from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,
                                    paged_attention_bf16_reference, paged_attention_reference, write_kv,
                                    write_kv_reference)
-from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO
+from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO, _group_levels
 from oscar_cluster.kernels.write_kv import read_slots
 from oscar_cluster.synthetic import offset_key_codec, synthetic_oscar_codec
 
@@ -169,6 +170,47 @@ def test_codes_read_as_words_at_every_slot_alignment(extra_v_bytes):
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
     low = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="bf16")
     assert float((low - want).norm() / want.norm()) < 1e-2
+
+
+@triton.jit
+def _levels_probe(cache_ptr, so_ptr, poly_ptr, out_ptr, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
+                  BLOCK_N: tl.constexpr, LOWP: tl.constexpr):
+    """The attention kernel's level decode alone: the levels of BLOCK_N slots at byte offsets so."""
+    n = tl.arange(0, BLOCK_N)
+    so = tl.load(so_ptr + n)
+    lev = _group_levels(cache_ptr.to(tl.pointer_type(tl.uint32)), so, poly_ptr, n >= 0, OFF, B, NSEG, NSEG_P2,
+                        BLOCK_N, LOWP)
+    c = tl.arange(0, NSEG_P2 * 8)
+    tl.store(out_ptr + n[:, None] * (NSEG_P2 * 8) + c[None, :], lev.to(tl.float32))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("lowp", [0, 2])
+def test_level_decode_gives_the_table_level_of_every_code(bits, lowp):
+    """`_group_levels` on random bytes: 16 slots of 4k+3 bytes (segments at every offset in a word,
+    4-byte segments across two), 3 segments at byte 5 of each: every channel's level must be the
+    level table's entry for its code, read from the little-endian bit stream here. float32
+    (LOWP 0) to 1e-6, the float16 path of bf16 operands (its emulation, LOWP 2) to 2^-10."""
+    from oscar_cluster.codecs.quantizers import MAX_BITS, gaussian_levels
+    from oscar_cluster.kernels.layout import level_polynomials
+
+    levels = torch.zeros(MAX_BITS + 1, 16)
+    for b in range(1, MAX_BITS + 1):
+        levels[b, :1 << b] = gaussian_levels(b, "lloyd")
+    poly = level_polynomials(levels.reshape(-1))
+    g = torch.Generator().manual_seed(bits)
+    slot, off, nseg, n = 4 * 5 + 3, 5, 3, 16
+    cache = torch.randint(0, 256, (n * slot + 8,), generator=g, dtype=torch.uint8)
+    so = torch.arange(n, dtype=torch.int64) * slot
+    out = torch.full((n, 4 * 8), float("nan"))
+    _levels_probe[(1,)](cache, so, poly, out, off, B=bits, NSEG=nseg, NSEG_P2=4, BLOCK_N=n, LOWP=lowp)
+    for t in range(n):
+        seg_bytes = cache[t * slot + off: t * slot + off + nseg * bits].tolist()
+        stream = sum(v << (8 * i) for i, v in enumerate(seg_bytes))  # little-endian, channel i at bits [i b, i b + b)
+        codes = [(stream >> (bits * i)) & ((1 << bits) - 1) for i in range(8 * nseg)]
+        want = levels[bits, codes]
+        tol = 1e-6 if lowp == 0 else 2.0 ** -10 * float(levels[bits].abs().max())
+        assert float((out[t, :8 * nseg] - want).abs().max()) <= tol, (t, out[t, :8 * nseg], want)
 
 
 def test_paged_attention_refuses_an_unaligned_cache():
@@ -356,6 +398,8 @@ def test_level_polynomials_pass_through_every_level(kind):
     poly = level_polynomials(levels.reshape(-1)).view(MAX_BITS + 1, 8)
     for b in range(1, MAX_BITS + 1):
         torch.testing.assert_close(evaluate_level_polynomial(poly[b], b), levels[b, :1 << b], rtol=1e-6, atol=1e-7)
+        half = evaluate_level_polynomial(poly[b], b, torch.float16).float()  # the kernel with bf16 operands
+        assert float((half - levels[b, :1 << b]).abs().max()) <= 2.0 ** -10 * float(levels[b].abs().max())
     wiggly = levels.clone()  # magnitudes in alternating small and large steps
     wiggly[4, 8:] = torch.tensor([0.1, 0.9, 1.0, 1.9, 2.0, 2.9, 3.0, 3.9])
     wiggly[4, :8] = -wiggly[4, 8:].flip(0)

@@ -11,6 +11,7 @@ of key-offsets-qwen2.5-coder-1.5b-cpu.json), and without the term (codecs fitted
 
     python benchmarks/kernel_registers.py --out benchmarks/results/kernel-registers-sm90.json
     python benchmarks/kernel_registers.py --kernel-file OLD_attention.py ...   # another revision
+    python benchmarks/kernel_registers.py --prefill-only --out ...               # chunked prefill's shape
 
 With `nvdisasm`, also the SASS instructions of the loop over key tiles (what one warp issues per
 tile: at a fixed tile size, fewer is faster where the kernel is issue-bound, as this one is).
@@ -153,6 +154,8 @@ def main() -> None:
                     help="also write_kv's variants for an artifact's layouts (oscar.yaml), transform fused or on the host")
     ap.add_argument("--reduce-only", action="store_true",
                     help="only the split-K reduction kernel, at the split tiles reduce_width gives")
+    ap.add_argument("--prefill-only", action="store_true",
+                    help="only the chunked-prefill shape (16-token query blocks x GQA 8 = 128 rows, 16-key tiles)")
     ap.add_argument("--write-kv-only", metavar="G4P,G3P,G2P,G1P", default=None,
                     help="only write_kv, one layout's tile sizes (head dim 128, no RoPE mean), both transforms")
     ap.add_argument("--out", required=True)
@@ -189,26 +192,31 @@ def main() -> None:
     dns = set(getattr(jit, "do_not_specialize", None) or getattr(jit, "kwargs", {}).get("do_not_specialize", ()))
     dns |= {jit.arg_names[i] for i in dns if isinstance(i, int)}
     per_call_one = {} if "n_qblocks" in dns else {"n_qblocks": 1}
+    # decode: one query row block per sequence, split-K; prefill: 16-token query blocks, 16-key tiles
+    # (the default there: attention._launch), one split
+    block_q = 16 if args.prefill_only else 1
+    tilings = [(16, w) for w in (4, 8)] if args.prefill_only else [(b, w) for b in (16, 32, 64) for w in (2, 4, 8)]
     for name, packed, split, rope in kinds:
         if packed and rope and not split and not split_arg:
             continue
         groups = tb.groups if packed else ((0, 0, 0, 0), (0, 0, 0, 0))
-        for block_n in (16, 32, 64):
-            for num_warps in (2, 4, 8):
-                extra = {"ROPE_SPLIT": split} if split_arg else {}
-                const = dict(D=d, HALF=d // 2, BLOCK_Q=1, G_P2=G, BLOCK_M=max(16, G), BLOCK_N=block_n,
-                             BLOCK_S=16, SPLIT=True, HAS_ROPE=packed and rope and tb.has_rope_mean, PACKED=packed, LOWP=1,
-                             **extra,
-                             **{k: v for k, v in {**group_args("K", groups[0]), **group_args("V", groups[1])}.items()
-                                if k.endswith("P")})
-                # decode of 8 sequences: one query block per sequence, 64 query heads, pages of 16 slots
-                st = compile_stats(mod._attn_kernel, {**const, **per_call_one}, num_warps,
-                                   aligned=("Hq", "block_size"))
-                rows.append({"kernel": name, "block_n": block_n, "num_warps": num_warps, **st})
-                print(f"{name:32s} block_n {block_n:2d} warps {num_warps}: {st}", flush=True)
+        for block_n, num_warps in tilings:
+            extra = {"ROPE_SPLIT": split} if split_arg else {}
+            const = dict(D=d, HALF=d // 2, BLOCK_Q=block_q, G_P2=G, BLOCK_M=max(16, block_q * G), BLOCK_N=block_n,
+                         BLOCK_S=16, SPLIT=not args.prefill_only, HAS_ROPE=packed and rope and tb.has_rope_mean,
+                         PACKED=packed, LOWP=1, **extra,
+                         **{k: v for k, v in {**group_args("K", groups[0]), **group_args("V", groups[1])}.items()
+                            if k.endswith("P")})
+            # 64 query heads, pages of 16 slots; decode: one query block per sequence
+            st = compile_stats(mod._attn_kernel, {**const, **({} if args.prefill_only else per_call_one)}, num_warps,
+                               aligned=("Hq", "block_size"))
+            rows.append({"kernel": name, "block_n": block_n, "num_warps": num_warps, **st})
+            print(f"{name:32s} block_n {block_n:2d} warps {num_warps}: {st}", flush=True)
     res = {"benchmark": "attention kernel registers and spills for sm_90 (ptxas, no GPU)",
            **provenance(), "revision": args.label, "kernel_file": args.kernel_file or "installed",
            "layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "groups": [list(g) for g in tb.groups]},
+           "shape": ("chunked prefill: 16-token query blocks x GQA 8 = 128 rows, one split" if args.prefill_only
+                     else "decode: one token per sequence, split-K"),
            "rows": rows}
     if args.write_kv:
         res["write_kv"] = write_kv_rows(args.write_kv)

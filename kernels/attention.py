@@ -51,9 +51,11 @@ def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: 
     """Levels of one bit-width group: NSEG segments of 8 channels of B bits at byte OFF of each slot.
 
     A segment is B bytes, little-endian, channel i at bits [i B, i B + B) (the codec's run packing),
-    so every load and shift is regular (no per-channel tables). Each segment is read as the one or
-    two aligned 32-bit words that hold it, shifted into place (a funnel shift): two loads per
-    segment in one thread, where loading its B bytes in B threads took a cross-lane sum. A level is
+    so every load and shift is regular (no per-channel tables). In decode tiles (BLOCK_N >= 32) each
+    segment is read as the one or two aligned 32-bit words that hold it, shifted into place (a funnel
+    shift) in one thread: 24% fewer instructions per key at 64 keys x 2 warps than loading its B
+    bytes in B lanes and summing them across lanes. 16-key tiles (prefill) keep the bytes: there they
+    issue 7-16% fewer instructions than the words (kernel-registers-sm90.json counts). A level is
     the odd polynomial of the code's centred value x = (c - (2^B - 1)/2) / 2^(B-1) through the B-bit
     table (`level_polynomials`): c becomes a float by the exponent trick, then Horner in x^2. With
     bf16 matrix operands (LOWP 1, and its emulation 2) in float16, two codes per instruction (Horner's
@@ -64,14 +66,20 @@ def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: 
     -> [N, NSEG_P2 * 8] levels (padding channels: levels of code 0)."""
     seg = tl.arange(0, NSEG_P2)
     at = so[:, None] + (OFF + seg * B)[None, :]  # [N, NSEG_P2] byte offset of each segment
-    sh = ((at & 3) * 8).to(tl.uint32)
     msk = ok[:, None] & (seg[None, :] < NSEG)
-    lo = tl.load(words + (at >> 2), mask=msk, other=0)
-    if B > 1:  # the next word only where the segment crosses into it (within the slot: the scales follow)
-        hi = tl.load(words + (at >> 2) + 1, mask=msk & (sh + 8 * B > 32), other=0)
-        word = (lo >> sh) | ((hi << 1) << (31 - sh))  # (hi << 32 - sh would be undefined at sh = 0)
-    else:  # one byte never crosses a word
-        word = lo >> sh
+    if BLOCK_N >= 32:  # decode tiles: the word(s), in one thread
+        sh = ((at & 3) * 8).to(tl.uint32)
+        lo = tl.load(words + (at >> 2), mask=msk, other=0)
+        if B > 1:  # the next word only where the segment crosses into it (within the slot: the scales follow)
+            hi = tl.load(words + (at >> 2) + 1, mask=msk & (sh + 8 * B > 32), other=0)
+            word = (lo >> sh) | ((hi << 1) << (31 - sh))  # (hi << 32 - sh would be undefined at sh = 0)
+        else:  # one byte never crosses a word
+            word = lo >> sh
+    else:  # 16-key tiles (prefill): the B bytes in B lanes, summed; fewer instructions per key there
+        byt = tl.arange(0, 4)
+        raw = tl.load(words.to(tl.pointer_type(tl.uint8)) + at[:, :, None] + byt[None, None, :],
+                      mask=msk[:, :, None] & (byt[None, None, :] < B), other=0)
+        word = tl.sum(raw.to(tl.uint32) << (8 * byt).to(tl.uint32)[None, None, :], axis=2)
     code = (word[:, :, None] >> (B * tl.arange(0, 8))[None, None, :]) & ((1 << B) - 1)
     code = tl.reshape(code, [BLOCK_N, NSEG_P2 * 8])
     HALFV: tl.constexpr = 1 << (B - 1)

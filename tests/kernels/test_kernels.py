@@ -149,12 +149,13 @@ def test_paged_attention_random_layout_and_gqa_rows():
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.parametrize("block_n", [16, 64])
 @pytest.mark.parametrize("extra_v_bytes", [0, 1, 2, 3])
-def test_codes_read_as_words_at_every_slot_alignment(extra_v_bytes):
-    """The attention kernel reads each segment as the aligned 32-bit word(s) holding it, so slots
-    of 4k, 4k+1, 4k+2 and 4k+3 bytes put segments at every offset within a word, and 4-byte
-    segments across two words. Exact (float32 operands) and with bf16 operands, whose levels are
-    computed in float16 (emulated here)."""
+def test_codes_read_as_words_at_every_slot_alignment(extra_v_bytes, block_n):
+    """In decode tiles (64 keys) the attention kernel reads each segment as the aligned 32-bit
+    word(s) holding it, in 16-key tiles as bytes: slots of 4k, 4k+1, 4k+2 and 4k+3 bytes put
+    segments at every offset within a word, and 4-byte segments across two words. Exact (float32
+    operands) and with bf16 operands, whose levels are computed in float16 (emulated here)."""
     d, H, Hq = 64, 2, 4
     codec = _fitted(d, H, Hq, seed=13)
     codec.layers[0]["k"].bits = torch.tensor([4, 3, 3, 2, 2, 2, 1, 1]).repeat_interleave(8)
@@ -166,9 +167,9 @@ def test_codes_read_as_words_at_every_slot_alignment(extra_v_bytes):
     sm = d ** -0.5
     want = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm)
     got = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, num_splits=2, poison=True,
-                          operand_precision="fp32")
+                          operand_precision="fp32", block_n=block_n)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
-    low = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="bf16")
+    low = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, operand_precision="bf16", block_n=block_n)
     assert float((low - want).norm() / want.norm()) < 1e-2
 
 
@@ -184,13 +185,15 @@ def _levels_probe(cache_ptr, so_ptr, poly_ptr, out_ptr, OFF, B: tl.constexpr, NS
     tl.store(out_ptr + n[:, None] * (NSEG_P2 * 8) + c[None, :], lev.to(tl.float32))
 
 
+@pytest.mark.parametrize("n", [16, 32])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("lowp", [0, 2])
-def test_level_decode_gives_the_table_level_of_every_code(bits, lowp):
-    """`_group_levels` on random bytes: 16 slots of 4k+3 bytes (segments at every offset in a word,
-    4-byte segments across two), 3 segments at byte 5 of each: every channel's level must be the
-    level table's entry for its code, read from the little-endian bit stream here. float32
-    (LOWP 0) to 1e-6, the float16 path of bf16 operands (its emulation, LOWP 2) to 2^-10."""
+def test_level_decode_gives_the_table_level_of_every_code(bits, lowp, n):
+    """`_group_levels` on random bytes: n slots (16: read as bytes, 32: as words) of 4k+3 bytes
+    (segments at every offset in a word, 4-byte segments across two), 3 segments at byte 5 of
+    each: every channel's level must be the level table's entry for its code, read from the
+    little-endian bit stream here. float32 (LOWP 0) to 1e-6, the float16 path of bf16 operands (its
+    emulation, LOWP 2) to 2^-10."""
     from oscar_cluster.codecs.quantizers import MAX_BITS, gaussian_levels
     from oscar_cluster.kernels.layout import level_polynomials
 
@@ -199,7 +202,7 @@ def test_level_decode_gives_the_table_level_of_every_code(bits, lowp):
         levels[b, :1 << b] = gaussian_levels(b, "lloyd")
     poly = level_polynomials(levels.reshape(-1))
     g = torch.Generator().manual_seed(bits)
-    slot, off, nseg, n = 4 * 5 + 3, 5, 3, 16
+    slot, off, nseg = 4 * 5 + 3, 5, 3
     cache = torch.randint(0, 256, (n * slot + 8,), generator=g, dtype=torch.uint8)
     so = torch.arange(n, dtype=torch.int64) * slot
     out = torch.full((n, 4 * 8), float("nan"))

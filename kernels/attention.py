@@ -46,7 +46,7 @@ ROPE_SPLIT_RATIO = 3.0  # key offset (||mean|| / rms of the rest) above which th
 
 
 @triton.jit
-def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr,
+def _group_levels(cache_ptr, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr,
                   LOWP: tl.constexpr):
     """Levels of one bit-width group: NSEG segments of 8 channels of B bits at byte OFF of each slot.
 
@@ -54,20 +54,22 @@ def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: 
     so every load and shift is regular (no per-channel tables). In decode tiles (BLOCK_N >= 32) each
     segment is read as the one or two aligned 32-bit words that hold it, shifted into place (a funnel
     shift) in one thread: 24% fewer instructions per key at 64 keys x 2 warps than loading its B
-    bytes in B lanes and summing them across lanes. 16-key tiles (prefill) keep the bytes: there they
-    issue 7-16% fewer instructions than the words (kernel-registers-sm90.json counts). A level is
+    bytes in B lanes and summing them across lanes. 16-key tiles (prefill) keep the bytes: at 16 keys
+    x 4 warps they issue 308 instructions per key against 367 with words (kernel-registers-sm90.json,
+    and the same file at commit 1a20efb). A level is
     the odd polynomial of the code's centred value x = (c - (2^B - 1)/2) / 2^(B-1) through the B-bit
     table (`level_polynomials`): c becomes a float by the exponent trick, then Horner in x^2. With
     bf16 matrix operands (LOWP 1, and its emulation 2) in float16, two codes per instruction (Horner's
     error, at most about 2^-10 of the largest level, is below the bf16 rounding, 2^-8, of the
     product's operand that follows); exact float32 otherwise. kernel-registers-sm90.json counts the
     loop's instructions.
-    words: the cache as 32-bit words; so: [N] int64 byte offsets of the slots in the cache
+    cache_ptr: the packed pages (uint8, 4-byte aligned); so: [N] int64 byte offsets of the slots
     -> [N, NSEG_P2 * 8] levels (padding channels: levels of code 0)."""
     seg = tl.arange(0, NSEG_P2)
     at = so[:, None] + (OFF + seg * B)[None, :]  # [N, NSEG_P2] byte offset of each segment
     msk = ok[:, None] & (seg[None, :] < NSEG)
     if BLOCK_N >= 32:  # decode tiles: the word(s), in one thread
+        words = cache_ptr.to(tl.pointer_type(tl.uint32))
         sh = ((at & 3) * 8).to(tl.uint32)
         lo = tl.load(words + (at >> 2), mask=msk, other=0)
         if B > 1:  # the next word only where the segment crosses into it (within the slot: the scales follow)
@@ -77,7 +79,7 @@ def _group_levels(words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: 
             word = lo >> sh
     else:  # 16-key tiles (prefill): the B bytes in B lanes, summed; fewer instructions per key there
         byt = tl.arange(0, 4)
-        raw = tl.load(words.to(tl.pointer_type(tl.uint8)) + at[:, :, None] + byt[None, None, :],
+        raw = tl.load(cache_ptr + at[:, :, None] + byt[None, None, :],
                       mask=msk[:, :, None] & (byt[None, None, :] < B), other=0)
         word = tl.sum(raw.to(tl.uint32) << (8 * byt).to(tl.uint32)[None, None, :], axis=2)
     code = (word[:, :, None] >> (B * tl.arange(0, 8))[None, None, :]) & ((1 << B) - 1)
@@ -160,10 +162,10 @@ def _mm_rope(a, b, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _value_step(acc, alpha, pv, words, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
+def _value_step(acc, alpha, pv, cache_ptr, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
                 BLOCK_N: tl.constexpr, LOWP: tl.constexpr):
     """One online-softmax step of a value group's codec-space accumulator: acc alpha + pv @ levels."""
-    return acc * alpha[:, None] + _mm(pv, _group_levels(words, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP), LOWP)
+    return acc * alpha[:, None] + _mm(pv, _group_levels(cache_ptr, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP), LOWP)
 
 
 @triton.jit
@@ -254,7 +256,6 @@ def _attn_kernel(
     VO2 = VO4 + 4 * V4 + 3 * V3
     VO1 = VO4 + 4 * V4 + 3 * V3 + 2 * V2
     if PACKED:
-        words = cache_ptr.to(tl.pointer_type(tl.uint32))  # the codes are read as aligned 32-bit words
         if K4P > 1:
             q4 = _group_query(qt_ptr, row, row_ok, D, 0, K4, K4P)
         if K3P > 1:
@@ -311,13 +312,13 @@ def _attn_kernel(
                 base = cache_ptr + so
                 s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
                 if K4P > 1:
-                    s += _mm(q4, tl.trans(_group_levels(words, so, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N, LOWP)), LOWP)
+                    s += _mm(q4, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N, LOWP)), LOWP)
                 if K3P > 1:
-                    s += _mm(q3, tl.trans(_group_levels(words, so, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N, LOWP)), LOWP)
+                    s += _mm(q3, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N, LOWP)), LOWP)
                 if K2P > 1:
-                    s += _mm(q2, tl.trans(_group_levels(words, so, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N, LOWP)), LOWP)
+                    s += _mm(q2, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N, LOWP)), LOWP)
                 if K1P > 1:
-                    s += _mm(q1, tl.trans(_group_levels(words, so, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N, LOWP)), LOWP)
+                    s += _mm(q1, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N, LOWP)), LOWP)
                 s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
                 if HAS_ROPE:  # sum_i A'_i cos(n w_i) + B'_i sin(n w_i), then A', B' move one tile on
                     s += _mm_rope(ra_t, cn_t, LOWP, ROPE_SPLIT)
@@ -328,13 +329,13 @@ def _attn_kernel(
                 p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
                 pv = p * _scale(base + vs_off, ok)[None, :]
                 if V4P > 1:
-                    a4 = _value_step(a4, alpha, pv, words, so, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N, LOWP)
+                    a4 = _value_step(a4, alpha, pv, cache_ptr, so, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N, LOWP)
                 if V3P > 1:
-                    a3 = _value_step(a3, alpha, pv, words, so, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N, LOWP)
+                    a3 = _value_step(a3, alpha, pv, cache_ptr, so, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N, LOWP)
                 if V2P > 1:
-                    a2 = _value_step(a2, alpha, pv, words, so, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N, LOWP)
+                    a2 = _value_step(a2, alpha, pv, cache_ptr, so, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N, LOWP)
                 if V1P > 1:
-                    a1 = _value_step(a1, alpha, pv, words, so, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N, LOWP)
+                    a1 = _value_step(a1, alpha, pv, cache_ptr, so, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N, LOWP)
             else:
                 kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
                 k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)

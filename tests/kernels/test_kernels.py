@@ -179,8 +179,7 @@ def _levels_probe(cache_ptr, so_ptr, poly_ptr, out_ptr, OFF, B: tl.constexpr, NS
     """The attention kernel's level decode alone: the levels of BLOCK_N slots at byte offsets so."""
     n = tl.arange(0, BLOCK_N)
     so = tl.load(so_ptr + n)
-    lev = _group_levels(cache_ptr.to(tl.pointer_type(tl.uint32)), so, poly_ptr, n >= 0, OFF, B, NSEG, NSEG_P2,
-                        BLOCK_N, LOWP)
+    lev = _group_levels(cache_ptr, so, poly_ptr, n >= 0, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP)
     c = tl.arange(0, NSEG_P2 * 8)
     tl.store(out_ptr + n[:, None] * (NSEG_P2 * 8) + c[None, :], lev.to(tl.float32))
 

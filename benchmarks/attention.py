@@ -242,6 +242,30 @@ def section_decode(quick: bool, contexts=None, batches=None) -> dict:
                                                     "SDPA timed eagerly (do_bench)", "tuned_at": "context 32768, batch 8", "tuned": tuned, "rows": rows}
 
 
+def _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform: dict) -> dict:
+    """Where write_kv's time goes, at each transform's best tiling: the host transform alone (torch),
+    the two kernel launches alone at 0, 1 and 2 scale-refinement rounds, and a floor: the same
+    slot bytes scattered by torch from a ready payload (index_copy_)."""
+    from oscar_cluster.kernels.write_kv import host_transform, launch_write_kind
+
+    out: dict = {}
+    pos32, sl = pos.to(torch.int32).contiguous(), slots.to(torch.int64).contiguous()
+    host_src = {kind: host_transform(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))}
+    out["host_transform_ms"] = median_ms(lambda: [host_transform(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
+    for transform, (_, cfg) in by_transform.items():
+        in_kernel = transform == "kernel"
+        src = {"k": k.contiguous(), "v": v.contiguous()} if in_kernel else host_src
+        for iters in (0, 1, 2):
+            out[f"{transform}_kernels_only_scale_iters_{iters}_ms"] = median_ms(lambda: [
+                launch_write_kind(kind, src[kind], pos32, sl, cache, tb, in_kernel, iters, cfg["block_t"],
+                                  cfg["num_warps"]) for kind in ("k", "v")])
+    flat = cache.view(-1, cache.shape[2], cache.shape[3])
+    payload = flat[sl].clone()
+    out["torch_scatter_floor_ms"] = median_ms(lambda: flat.index_copy_(0, sl, payload))
+    print("  write_kv breakdown: " + ", ".join(f"{key} {ms:.4f}" for key, ms in out.items()), flush=True)
+    return out
+
+
 def section_write_kv() -> dict:
     d, H, Hq, T = 128, 8, 64, 8192
     codec = synthetic_codec(d, H, Hq)
@@ -282,11 +306,12 @@ def section_write_kv() -> dict:
                 prefill = min(prefill, (median_ms(f, graph=False), name))
         except Exception as e:
             print(f"  prefill sdpa {name}: {type(e).__name__}", flush=True)
+    breakdown = _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform)
     res = {"tokens": T, "kv_heads": H, "q_heads": Hq, "head_dim": d, "write_kv_ms": best[0], "write_kv_cfg": best[1],
            "prefill_attention_ms": prefill[0], "prefill_backend": prefill[1],
            "write_kv_fraction_of_prefill": best[0] / prefill[0],
            "write_kv_best_by_transform": {t: {"ms": ms, **cfg} for t, (ms, cfg) in by_transform.items()},
-           "write_kv_GBps_in": 2 * T * H * d * 2 / best[0] / 1e6}
+           "write_kv_GBps_in": 2 * T * H * d * 2 / best[0] / 1e6, "breakdown": breakdown}
     print(f"write_kv 8K: {best[0]:.4f} ms vs prefill {prefill[0]:.3f} ms ({prefill[1]}) -> "
           f"{100 * res['write_kv_fraction_of_prefill']:.2f}%", flush=True)
     return res

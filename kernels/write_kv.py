@@ -19,7 +19,7 @@ from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
 from .layout import LayerTables, group_args
 
-__all__ = ["write_kv", "write_kv_reference", "check_cache"]
+__all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "launch_write_kind"]
 
 MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
 
@@ -231,7 +231,7 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
     nb, bs = check_cache(cache, tables)
     if n == 0:
         return
-    H, D = tables.kv_heads, tables.head_dim
+    D = tables.head_dim
     if transform not in (None, "kernel", "host"):
         raise ConfigError(f"transform must be 'kernel' or 'host', got {transform!r}")
     if transform == "kernel" and D > MAX_IN_KERNEL_TRANSFORM_DIM:
@@ -244,29 +244,46 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
                           "diagnosed); use block_t <= 32, 4 warps, or transform='host'")
     slots = slot_mapping.to(torch.int64).contiguous()
     pos = positions.to(torch.int32).contiguous()
-    for kind, x, ct, T, mean, std in (("k", k, tables.k, tables.k_T, tables.k_mean, tables.k_std),
-                                      ("v", v, tables.v, tables.v_T, tables.v_mean, tables.v_std)):
-        rope = kind == "k" and tables.has_rope_mean
-        if in_kernel:
-            src = x.contiguous()
-        else:  # host transform for large heads; same maths
-            xf = x.float()
-            if rope:
-                from ..rope import apply_rope
+    for kind, x in (("k", k), ("v", v)):
+        src = x.contiguous() if in_kernel else host_transform(x, positions, kind, tables)
+        launch_write_kind(kind, src, pos, slots, cache, tables, in_kernel, scale_iters, block_t, num_warps)
 
-                m = tables.rope_mean[None].expand(n, -1, -1).contiguous()
-                xf = xf - apply_rope(m, positions.to(x.device), tables.inv_freq)
-            src = torch.einsum("hij,thj->thi", T, xf).contiguous()
-        grid = (triton.cdiv(n, block_t), H)
-        counts = tables.groups[0 if kind == "k" else 1]
-        _write_kind_kernel[grid](
-            src, pos, slots, cache, T, mean, std, tables.rope_mean, tables.inv_freq, tables.levels,
-            n, H, tables.slot_bytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset,
-            1.0 / max(ct.coded, 1),
-            D=D, HALF=D // 2, BLOCK_T=block_t, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel, HAS_ROPE=rope,
-            PRECISION=_precision(k.device), OFF=_code_offset(kind, tables), **group_args("G", counts),
-            **({"num_warps": num_warps} if num_warps else {}),
-        )
+
+def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: LayerTables) -> torch.Tensor:
+    """x' = T (x - R_p m) in float32 on the host (write_kv's transform="host" path).
+
+    x: [tokens, kv_heads, d]; positions: [tokens] -> [tokens, kv_heads, d] float32, contiguous."""
+    T = tables.k_T if kind == "k" else tables.v_T
+    xf = x.float()
+    if kind == "k" and tables.has_rope_mean:
+        from ..rope import apply_rope
+
+        m = tables.rope_mean[None].expand(x.shape[0], -1, -1).contiguous()
+        xf = xf - apply_rope(m, positions.to(x.device), tables.inv_freq)
+    return torch.einsum("hij,thj->thi", T, xf).contiguous()
+
+
+def launch_write_kind(kind: str, src: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor,
+                      tables: LayerTables, in_kernel: bool, scale_iters: int = 2, block_t: int = 32,
+                      num_warps: int | None = None) -> None:
+    """One launch of the encode-and-store kernel for keys or values (write_kv runs two).
+
+    src: [tokens, kv_heads, d], the raw keys/values when `in_kernel`, else `host_transform`'s
+    output; pos: [tokens] int32; slots: [tokens] int64 (-1 skipped)."""
+    n, H, D = src.shape
+    ct = tables.k if kind == "k" else tables.v
+    T, mean, std = ((tables.k_T, tables.k_mean, tables.k_std) if kind == "k"
+                    else (tables.v_T, tables.v_mean, tables.v_std))
+    grid = (triton.cdiv(n, block_t), H)
+    _write_kind_kernel[grid](
+        src, pos, slots, cache, T, mean, std, tables.rope_mean, tables.inv_freq, tables.levels,
+        n, H, tables.slot_bytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset,
+        1.0 / max(ct.coded, 1),
+        D=D, HALF=D // 2, BLOCK_T=block_t, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel,
+        HAS_ROPE=kind == "k" and tables.has_rope_mean, PRECISION=_precision(src.device),
+        OFF=_code_offset(kind, tables), **group_args("G", tables.groups[0 if kind == "k" else 1]),
+        **({"num_warps": num_warps} if num_warps else {}),
+    )
 
 
 def _code_offset(kind: str, tables: LayerTables) -> int:

@@ -97,10 +97,12 @@ def compile_write_kv_sm90(tiles: tuple, rope: bool, head_dim: int, transform: st
 
     wkv = importlib.import_module("oscar_cluster.kernels.write_kv")
     fused = transform == "kernel"
-    const = dict(D=head_dim, HALF=head_dim // 2, BLOCK_T=block_t, SCALE_ITERS=2, TRANSFORM=fused,
+    const = dict(D=head_dim, HALF=head_dim // 2, BLOCK_T=block_t, SCALE_ITERS=2, TRANSFORM=fused, SX_H_UNIT=16,
                  HAS_ROPE=rope and fused, PRECISION="tf32x3", **dict(zip(("G4P", "G3P", "G2P", "G1P"), tiles)))
     ptr = dict(_WRITE_PTR, x_ptr="*bf16" if fused else "*fp32")
-    return compile_sm90(wkv._write_kind_kernel, const, num_warps, ptr_types=ptr, floats=("inv_coded",))
+    # the token stride is a multiple of 16 at d = 64/128/256, which a launch specializes on
+    return compile_sm90(wkv._write_kind_kernel, const, num_warps, aligned=("sx_t",), ptr_types=ptr,
+                        floats=("inv_coded",))
 
 
 def _compile_write_kv(key: tuple, head_dim: int, cache_dir: str) -> float:

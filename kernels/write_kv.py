@@ -32,7 +32,7 @@ def wrap_angle(ang):
 
 
 @triton.jit
-def _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D: tl.constexpr, C0, NSEG,
+def _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, sx_t, sx_h, D: tl.constexpr, C0, NSEG,
              NSEG_P2: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr):
     """Normalized coordinates z = (T x - mean) / std of one group's channels [C0, C0 + 8 NSEG):
     -> (z [BT, NSEG_P2 * 8] (padding 0), std^2 [NSEG_P2 * 8] (padding 0))."""
@@ -44,8 +44,8 @@ def _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D: tl.constex
         tt = tl.load(t_ptr + h * D * D + col[None, :] * D + d[:, None], mask=cmask[None, :], other=0.0)
         xp = tl.dot(x, tt, input_precision=PRECISION)
     else:  # transformed on the host
-        xp = tl.load(x_ptr + tok[:, None] * (H * D) + h * D + col[None, :], mask=valid[:, None] & cmask[None, :],
-                     other=0.0).to(tl.float32)
+        xp = tl.load(x_ptr + tok[:, None] * sx_t + h.to(tl.int64) * sx_h + col[None, :],
+                     mask=valid[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + h * D + col, mask=cmask, other=0.0)
     std = tl.load(std_ptr + h * D + col, mask=cmask, other=1.0)
     z = tl.where(cmask[None, :], (xp - mean[None, :]) / std[None, :], 0.0)
@@ -95,17 +95,17 @@ def _group_pack(z, scale, lev_ptr, base, valid, OFF, B: tl.constexpr, NSEG, NSEG
 # layout counts and offsets are run-time values (see group_args), and so is the token count (a
 # decode step's batch and a prefill chunk would otherwise compile variants of their own: Triton
 # specializes ints equal to 1 and ints divisible by 16)
-@triton.jit(do_not_specialize=["OFF", "G4", "G3", "G2", "G1", "n_tokens"])
+@triton.jit(do_not_specialize=["OFF", "G4", "G3", "G2", "G1", "n_tokens", "sx_h_units"])
 def _write_kind_kernel(
-    x_ptr,  # [T, H, D] keys or values (any float dtype); already transformed when TRANSFORM is False
+    x_ptr,  # [T, H, D] keys or values (any float dtype; strides sx_t, sx_h, 1); transformed when TRANSFORM is False
     pos_ptr,  # [T] int positions
     slot_ptr,  # [T] int64 slot index (block * block_size + offset); -1 = padding, skipped
     cache_ptr,  # [num_slots, H, slot_bytes] uint8
     t_ptr, mean_ptr, std_ptr, rm_ptr, invf_ptr,  # [H,D,D], [H,D], [H,D], [H,D] float32; [D/2] float64
     lev_ptr,  # [(MAX_BITS+1) * 16] level tables
-    n_tokens, H, slot_bytes, scale_off, inv_coded,
+    n_tokens, H, sx_t, sx_h_units, slot_bytes, scale_off, inv_coded,
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, SCALE_ITERS: tl.constexpr,
-    TRANSFORM: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr, OFF,
+    TRANSFORM: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr, SX_H_UNIT: tl.constexpr, OFF,
     G4, G3, G2, G1,  # segments of 8 channels at 4..1 bits
     G4P: tl.constexpr, G3P: tl.constexpr, G2P: tl.constexpr, G1P: tl.constexpr,  # tile sizes; 1 = absent
 ):
@@ -116,10 +116,14 @@ def _write_kind_kernel(
     slot = tl.load(slot_ptr + tok, mask=in_range, other=-1).to(tl.int64)
     valid = in_range & (slot >= 0)
     tok = tok.to(tl.int64)
+    # the head stride is sx_h_units * SX_H_UNIT: a per-call value (tokens x d on the host path) that
+    # stays unspecialized while the compiler still knows it is a multiple of SX_H_UNIT (16: vector loads)
+    sx_h = sx_h_units * SX_H_UNIT
     x = tl.zeros([BLOCK_T, D], tl.float32)
     if TRANSFORM:
         d = tl.arange(0, D)
-        x = tl.load(x_ptr + tok[:, None] * (H * D) + h * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + tok[:, None] * sx_t + h.to(tl.int64) * sx_h + d[None, :], mask=valid[:, None],
+                    other=0.0).to(tl.float32)
         if HAS_ROPE:
             # remove the position-dependent key mean R_p m (rotate_half pairs j and j + D/2)
             pos = tl.load(pos_ptr + tok, mask=valid, other=0).to(tl.float64)
@@ -135,16 +139,16 @@ def _write_kind_kernel(
     C1 = 8 * (G4 + G3 + G2)
     ssq = tl.zeros([BLOCK_T], tl.float32)
     if G4P > 1:
-        z4, w4 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, 0, G4, G4P, TRANSFORM, PRECISION)
+        z4, w4 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, sx_t, sx_h, D, 0, G4, G4P, TRANSFORM, PRECISION)
         ssq += tl.sum(z4 * z4, axis=1)
     if G3P > 1:
-        z3, w3 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C3, G3, G3P, TRANSFORM, PRECISION)
+        z3, w3 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, sx_t, sx_h, D, C3, G3, G3P, TRANSFORM, PRECISION)
         ssq += tl.sum(z3 * z3, axis=1)
     if G2P > 1:
-        z2, w2 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C2, G2, G2P, TRANSFORM, PRECISION)
+        z2, w2 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, sx_t, sx_h, D, C2, G2, G2P, TRANSFORM, PRECISION)
         ssq += tl.sum(z2 * z2, axis=1)
     if G1P > 1:
-        z1, w1 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, H, D, C1, G1, G1P, TRANSFORM, PRECISION)
+        z1, w1 = _group_z(x, t_ptr, x_ptr, tok, valid, mean_ptr, std_ptr, h, sx_t, sx_h, D, C1, G1, G1P, TRANSFORM, PRECISION)
         ssq += tl.sum(z1 * z1, axis=1)
     scale = tl.maximum(tl.sqrt(ssq * inv_coded), 1e-6)  # RMS over the coded channels
     for _ in range(SCALE_ITERS):  # least-squares scale for the chosen codes, weighted by std^2
@@ -219,9 +223,10 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
     slot_bytes] uint8, written in place. Sinks (positions < tables.sinks) are written like any
     token; the attention kernels read them from the bf16 sink buffers instead.
     transform: where x' = T (x - R_p m) is computed: "kernel" (fused, head dims up to
-    MAX_IN_KERNEL_TRANSFORM_DIM, the default there), or "host" (one float32 batched matmul first: the
+    MAX_IN_KERNEL_TRANSFORM_DIM, the default there), or "host" (`host_transform`: the RoPE mean
+    subtracted in one float32 copy, then one batched matmul into a [kv_heads, tokens, d] buffer; the
     kernel then holds no [d, d] tile and, compiled for sm_90, spills far less:
-    benchmarks/kernel_registers.py --write-kv)."""
+    benchmarks/kernel_registers.py --write-kv). k and v are read in place when d has unit stride."""
     _check_tokens("k", k, tables)
     _check_tokens("v", v, tables)
     n = k.shape[0]
@@ -245,22 +250,38 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
     slots = slot_mapping.to(torch.int64).contiguous()
     pos = positions.to(torch.int32).contiguous()
     for kind, x in (("k", k), ("v", v)):
-        src = x.contiguous() if in_kernel else host_transform(x, positions, kind, tables)
+        if in_kernel:  # read in place when d has unit stride (e.g. a slice of a fused QKV projection)
+            src = x if x.stride(2) == 1 else x.contiguous()
+        else:
+            src = host_transform(x, positions, kind, tables)
         launch_write_kind(kind, src, pos, slots, cache, tables, in_kernel, scale_iters, block_t, num_warps)
 
 
 def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: LayerTables) -> torch.Tensor:
     """x' = T (x - R_p m) in float32 on the host (write_kv's transform="host" path).
 
-    x: [tokens, kv_heads, d]; positions: [tokens] -> [tokens, kv_heads, d] float32, contiguous."""
+    x: [tokens, kv_heads, d]; positions: [tokens] -> [tokens, kv_heads, d] float32, a view of a
+    [kv_heads, tokens rounded up to 16, d] buffer (strides (d, that * d, 1)), which the kernel reads
+    as it is.
+    Keys with a RoPE mean: one float32 copy of x, the mean subtracted in place (angles in float64,
+    as `rope.apply_rope`); then one batched matmul per call, straight into that buffer. The matmul
+    follows torch's float32 matmul setting (TF32 if the process allowed it)."""
     T = tables.k_T if kind == "k" else tables.v_T
-    xf = x.float()
+    n, H, D = x.shape
     if kind == "k" and tables.has_rope_mean:
-        from ..rope import apply_rope
-
-        m = tables.rope_mean[None].expand(x.shape[0], -1, -1).contiguous()
-        xf = xf - apply_rope(m, positions.to(x.device), tables.inv_freq)
-    return torch.einsum("hij,thj->thi", T, xf).contiguous()
+        xf = x.to(torch.float32, copy=True)
+        h2 = D // 2
+        ang = positions.to(x.device, torch.float64)[:, None] * tables.inv_freq.to(x.device, torch.float64)[None, :]
+        cos, sin = ang.cos().float()[:, None, :], ang.sin().float()[:, None, :]  # [tokens, 1, d/2]
+        m1, m2 = tables.rope_mean[:, :h2], tables.rope_mean[:, h2:]  # [kv_heads, d/2]
+        xf[..., :h2] -= m1 * cos - m2 * sin
+        xf[..., h2:] -= m2 * cos + m1 * sin
+    else:
+        xf = x.float()
+    n_pad = -(-n // 16) * 16  # the head stride a multiple of 16 elements whatever d is
+    out = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)[:, :n]
+    torch.bmm(xf.transpose(0, 1), T.transpose(1, 2), out=out)
+    return out.transpose(0, 1)
 
 
 def launch_write_kind(kind: str, src: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor,
@@ -271,16 +292,19 @@ def launch_write_kind(kind: str, src: torch.Tensor, pos: torch.Tensor, slots: to
     src: [tokens, kv_heads, d], the raw keys/values when `in_kernel`, else `host_transform`'s
     output; pos: [tokens] int32; slots: [tokens] int64 (-1 skipped)."""
     n, H, D = src.shape
+    if src.stride(2) != 1:
+        raise ConfigError(f"write_kv's input must have unit stride along d, got strides {tuple(src.stride())}")
     ct = tables.k if kind == "k" else tables.v
     T, mean, std = ((tables.k_T, tables.k_mean, tables.k_std) if kind == "k"
                     else (tables.v_T, tables.v_mean, tables.v_std))
+    unit = 16 if src.stride(1) % 16 == 0 else 1
     grid = (triton.cdiv(n, block_t), H)
     _write_kind_kernel[grid](
         src, pos, slots, cache, T, mean, std, tables.rope_mean, tables.inv_freq, tables.levels,
-        n, H, tables.slot_bytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset,
+        n, H, src.stride(0), src.stride(1) // unit, tables.slot_bytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset,
         1.0 / max(ct.coded, 1),
         D=D, HALF=D // 2, BLOCK_T=block_t, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel,
-        HAS_ROPE=kind == "k" and tables.has_rope_mean, PRECISION=_precision(src.device),
+        HAS_ROPE=kind == "k" and tables.has_rope_mean, PRECISION=_precision(src.device), SX_H_UNIT=unit,
         OFF=_code_offset(kind, tables), **group_args("G", tables.groups[0 if kind == "k" else 1]),
         **({"num_warps": num_warps} if num_warps else {}),
     )

@@ -79,6 +79,56 @@ def test_write_kv_matches_codec(setup, layout, transform):
         assert (got_x - x).pow(2).mean() <= 1.01 * (want_x - x).pow(2).mean() + 1e-9
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_host_transform_matches_float64(dtype):
+    """The host path's x' = T (x - R_p m): against float64 maths through rope.apply_rope, in the
+    [kv_heads, tokens, d] layout it hands the kernel; a float32 input is not modified."""
+    from oscar_cluster.kernels.write_kv import host_transform
+    from oscar_cluster.rope import apply_rope
+
+    codec = _fitted(64, 3, 6, seed=9)
+    tb = layer_tables(codec, 0)
+    assert tb.has_rope_mean
+    g = torch.Generator().manual_seed(4)
+    k, v = _inputs(37, 3, 64, g, dtype)
+    k_before = k.clone()
+    pos = torch.randint(0, 200_000, (37,), generator=g)
+    for kind, x, T in (("k", k, tb.k_T), ("v", v, tb.v_T)):
+        got = host_transform(x, pos, kind, tb)
+        assert got.shape == (37, 3, 64) and got.dtype == torch.float32 and got.stride() == (64, 48 * 64, 1)
+        x64 = x.double()
+        if kind == "k":
+            m = tb.rope_mean.double()[None].expand(37, -1, -1)
+            x64 = x64 - apply_rope(m, pos, tb.inv_freq.double())
+        want = torch.einsum("hij,thj->thi", T.double(), x64)
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"{kind}: host transform off by {err:.2e} of the largest coordinate"
+    assert torch.equal(k, k_before), "host_transform modified its input"
+
+
+@pytest.mark.parametrize("transform", ["kernel", "host"])
+def test_write_kv_strided_inputs(transform):
+    """k and v as slices of one fused [tokens, 2, kv_heads, d] tensor (unit stride along d only):
+    the same slots as from contiguous copies; a tensor strided along d is copied first."""
+    codec = _fitted(64, 2, 4, seed=6)
+    tb = layer_tables(codec, 0)
+    g = torch.Generator().manual_seed(8)
+    fused = torch.randn(30, 2, 2, 64, generator=g).bfloat16()
+    k, v = fused[:, 0], fused[:, 1]
+    assert not k.is_contiguous()
+    pos = torch.arange(30) + 7
+    slots = torch.randperm(64, generator=g)[:30]
+    got = torch.full((4, 16, 2, tb.slot_bytes), POISON, dtype=torch.uint8)
+    want = got.clone()
+    write_kv(k, v, pos, slots, got, tb, transform=transform)
+    write_kv(k.contiguous(), v.contiguous(), pos, slots, want, tb, transform=transform)
+    assert torch.equal(got, want)
+    odd = torch.randn(30, 2, 128, generator=g).bfloat16()[..., ::2]  # stride 2 along d: copied first
+    write_kv(odd, v, pos, slots, got, tb, transform=transform)
+    write_kv(odd.contiguous(), v.contiguous(), pos, slots, want, tb, transform=transform)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_write_kv_half_inputs(dtype):
     codec = _fitted(64, 2, 4, seed=5)
@@ -370,7 +420,8 @@ def test_per_call_ints_are_not_specialized():
 
     att = importlib.import_module("oscar_cluster.kernels.attention")
     wkv = importlib.import_module("oscar_cluster.kernels.write_kv")
-    model_shape = {"Hq", "H", "G", "block_size", "n_sinks", "slot_bytes", "ks_off", "vs_off", "scale_off"}
+    # sx_t: write_kv's token stride, d (host transform) or the caller's [tokens, ...] row (model shape)
+    model_shape = {"Hq", "H", "G", "block_size", "n_sinks", "slot_bytes", "ks_off", "vs_off", "scale_off", "sx_t"}
     floats = {"qk_scale", "inv_coded"}
     for kernel in (att._attn_kernel, att._reduce_kernel, wkv._write_kind_kernel):
         if not isinstance(kernel, JITFunction):  # under TRITON_INTERPRET=1: the decorator's arguments

@@ -85,10 +85,11 @@ class DecodeStep:
 
 
 # The roofline assumes decode kernels that read at HBM bandwidth. OSCAR's Triton decode attention does
-# not yet: on the H200 it read its packed pages at 91-105 GB/s at 32K-128K context and batch 8-32, 2.3%
-# of the 4.24 TB/s copy bandwidth (benchmarks/results/attention-h200-3.json; the copy in -2.json). It is
-# issue-bound, so the fraction is an estimate on other GPUs. Plans quote it as a second figure.
-OSCAR_KERNEL_BW_FRACTION = 0.023
+# not yet: on the H200 it read its packed pages at 119-144 GB/s at 32K-128K context and batch 8-32, 2.8%
+# (the slowest, 32K x 8) to 3.4% of the 4.24 TB/s copy bandwidth (benchmarks/results/attention-h200-4.json;
+# the copy in -2.json). It is issue-bound, so the fraction is an estimate on other GPUs. Plans quote it
+# as a second figure.
+OSCAR_KERNEL_BW_FRACTION = 0.028
 
 
 def measured_kernel_step(d: DecodeStep, bw_fraction: float) -> float:

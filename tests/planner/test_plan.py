@@ -71,7 +71,7 @@ def test_oscar_measured_kernel_figure_by_hand(request_for):
     assert measured_kernel_step(o.decode, OSCAR_KERNEL_BW_FRACTION) == pytest.approx(slow)
     assert measured_kernel_step(o.decode, 1.0) == pytest.approx(o.decode.step_s)
     note = next(n for n in o.notes if "bandwidth-bound" in n)
-    assert f"{8 / slow:,.0f} tok/s" in note and "attention-h200-3.json" in note
+    assert f"{8 / slow:,.0f} tok/s" in note and "attention-h200-4.json" in note
     assert not any("bandwidth-bound" in n for n in plan(request_for("8b", ctx=8192, batch=8)).option("bf16").notes)
     with pytest.raises(ValueError, match="bw_fraction"):
         measured_kernel_step(o.decode, 0.0)

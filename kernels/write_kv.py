@@ -118,7 +118,7 @@ def _write_kind_kernel(
     tok = tok.to(tl.int64)
     # the head stride is sx_h_units * SX_H_UNIT: a per-call value (tokens x d on the host path) that
     # stays unspecialized while the compiler still knows it is a multiple of SX_H_UNIT (16: vector loads)
-    sx_h = sx_h_units * SX_H_UNIT
+    sx_h = sx_h_units.to(tl.int64) * SX_H_UNIT
     x = tl.zeros([BLOCK_T, D], tl.float32)
     if TRANSFORM:
         d = tl.arange(0, D)
@@ -243,10 +243,6 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
         raise ConfigError(f"transform='kernel' supports head dims up to {MAX_IN_KERNEL_TRANSFORM_DIM}, got {D}; "
                           "use transform='host'")
     in_kernel = transform == "kernel" or (transform is None and D <= MAX_IN_KERNEL_TRANSFORM_DIM)
-    if in_kernel and k.device.type == "cuda" and block_t >= 64 and (num_warps or 4) >= 8:
-        raise ConfigError("write_kv with the transform in the kernel, block_t >= 64 and 8 warps hit an illegal memory "
-                          "access on the H200 (Triton 3.6, 2026-11-30; benchmarks/results/attention-h200-2.json, not "
-                          "diagnosed); use block_t <= 32, 4 warps, or transform='host'")
     slots = slot_mapping.to(torch.int64).contiguous()
     pos = positions.to(torch.int32).contiguous()
     for kind, x in (("k", k), ("v", v)):
@@ -257,6 +253,7 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
         launch_write_kind(kind, src, pos, slots, cache, tables, in_kernel, scale_iters, block_t, num_warps)
 
 
+@torch.no_grad()  # storage, not a differentiable op (bmm's out= refuses inputs that require grad)
 def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: LayerTables) -> torch.Tensor:
     """x' = T (x - R_p m) in float32 on the host (write_kv's transform="host" path).
 
@@ -287,11 +284,16 @@ def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: 
 def launch_write_kind(kind: str, src: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor,
                       tables: LayerTables, in_kernel: bool, scale_iters: int = 2, block_t: int = 32,
                       num_warps: int | None = None) -> None:
-    """One launch of the encode-and-store kernel for keys or values (write_kv runs two).
+    """One launch of the encode-and-store kernel for keys or values (write_kv runs two, after checking
+    shapes and the cache; call this directly only with inputs that passed those checks).
 
     src: [tokens, kv_heads, d], the raw keys/values when `in_kernel`, else `host_transform`'s
     output; pos: [tokens] int32; slots: [tokens] int64 (-1 skipped)."""
     n, H, D = src.shape
+    if in_kernel and src.device.type == "cuda" and block_t >= 64 and (num_warps or 4) >= 8:
+        raise ConfigError("write_kv with the transform in the kernel, block_t >= 64 and 8 warps hit an illegal memory "
+                          "access on the H200 (Triton 3.6, 2026-11-30; benchmarks/results/attention-h200-2.json, not "
+                          "diagnosed); use block_t <= 32, 4 warps, or transform='host'")
     if src.stride(2) != 1:
         raise ConfigError(f"write_kv's input must have unit stride along d, got strides {tuple(src.stride())}")
     ct = tables.k if kind == "k" else tables.v

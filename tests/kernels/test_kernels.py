@@ -107,26 +107,55 @@ def test_host_transform_matches_float64(dtype):
 
 
 @pytest.mark.parametrize("transform", ["kernel", "host"])
-def test_write_kv_strided_inputs(transform):
-    """k and v as slices of one fused [tokens, 2, kv_heads, d] tensor (unit stride along d only):
-    the same slots as from contiguous copies; a tensor strided along d is copied first."""
+@pytest.mark.parametrize("layout", ["fused_qkv_slice", "heads_major", "odd_head_stride", "strided_d"])
+def test_write_kv_strided_inputs(transform, layout):
+    """k and v as views that are not contiguous: slices of a fused [tokens, 2, kv_heads, d] tensor,
+    transformers' [kv_heads, tokens, d] transposed, a head stride that is not a multiple of 16 (the
+    kernel's unit-stride variant), and a stride of 2 along d (copied first). The slots must match the
+    codec's own encoding, as for contiguous inputs."""
     codec = _fitted(64, 2, 4, seed=6)
     tb = layer_tables(codec, 0)
     g = torch.Generator().manual_seed(8)
-    fused = torch.randn(30, 2, 2, 64, generator=g).bfloat16()
-    k, v = fused[:, 0], fused[:, 1]
-    assert not k.is_contiguous()
-    pos = torch.arange(30) + 7
-    slots = torch.randperm(64, generator=g)[:30]
+    n = 30
+    if layout == "fused_qkv_slice":
+        fused = torch.randn(n, 2, 2, 64, generator=g).bfloat16()
+        k, v = fused[:, 0], fused[:, 1]
+    elif layout == "heads_major":
+        k = torch.randn(2, n, 64, generator=g).bfloat16().transpose(0, 1)
+        v = torch.randn(2, n, 64, generator=g).bfloat16().transpose(0, 1)
+    elif layout == "odd_head_stride":
+        k = torch.randn(n, 2, 65, generator=g).bfloat16()[..., :64]
+        v = torch.randn(n, 2, 65, generator=g).bfloat16()[..., :64]
+    else:
+        k = torch.randn(n, 2, 128, generator=g).bfloat16()[..., ::2]
+        v = torch.randn(n, 2, 128, generator=g).bfloat16()[..., ::2]
+    assert not k.is_contiguous() and not v.is_contiguous()
+    pos = torch.arange(n) + 7
+    slots = torch.randperm(64, generator=g)[:n]
     got = torch.full((4, 16, 2, tb.slot_bytes), POISON, dtype=torch.uint8)
     want = got.clone()
     write_kv(k, v, pos, slots, got, tb, transform=transform)
-    write_kv(k.contiguous(), v.contiguous(), pos, slots, want, tb, transform=transform)
-    assert torch.equal(got, want)
-    odd = torch.randn(30, 2, 128, generator=g).bfloat16()[..., ::2]  # stride 2 along d: copied first
-    write_kv(odd, v, pos, slots, got, tb, transform=transform)
-    write_kv(odd.contiguous(), v.contiguous(), pos, slots, want, tb, transform=transform)
-    assert torch.equal(got, want)
+    write_kv_reference(codec, 0, k, v, pos, slots, want)
+    written = got.view(64, -1)[slots]
+    assert not bool((written == POISON).all(dim=1).any()), "a slot was not written"
+    same = (got == want).float().mean().item()
+    assert same >= 0.995, f"only {same:.4f} of the slot bytes equal the codec's encoding"
+
+
+def test_write_kv_host_path_inputs_that_require_grad():
+    """Storage is not differentiable: the host path encodes an autograd-tracked k/v as it is."""
+    codec = _fitted(64, 2, 4, seed=6)
+    tb = layer_tables(codec, 0)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(64, 64, generator=g, requires_grad=True)
+    k = torch.randn(12, 2, 64, generator=g) @ w
+    v = torch.randn(12, 2, 64, generator=g) @ w
+    pos, slots = torch.arange(12), torch.arange(12)
+    got = torch.full((1, 16, 2, tb.slot_bytes), POISON, dtype=torch.uint8)
+    want = got.clone()
+    write_kv(k, v, pos, slots, got, tb, transform="host")
+    write_kv_reference(codec, 0, k.detach(), v.detach(), pos, slots, want)
+    assert (got == want).float().mean().item() >= 0.995
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -5,8 +5,12 @@
 # depth x length needle grid at 8K and 32K (GRID_N samples per cell, default 5). Deadline in seconds
 # (first argument). Resumable (call it again and it goes on), and rows committed in
 # quality/python-docs/ruler.jsonl are seeded, not measured again. Returns $OUT/lengths.tgz.
-#   GPU 0: oscar at 4K, then 16K.
-#   GPU 1: bf16 at 4K and 16K, the bf16 grid, then the oscar grid (bf16 runs about twice as fast).
+#   GPU 0: oscar at 4K, then 16K, then kivi2 at 32K on 4 of the 8 tasks.
+#   GPU 1: bf16 at 4K and 16K, the bf16 grid, then the oscar grid (bf16 runs about twice as fast),
+#          then kivi2 at 32K on the other 4 tasks.
+# Committed rows are seeded into each stage's folder, and stages whose rows are all there finish at
+# once: after the fourth session's run, a call goes straight to oscar's last 84 samples at 16K and
+# to kivi2.
 #   bash benchmarks/gpu_lengths.sh 585 50 5
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
@@ -17,11 +21,15 @@ M=qwen2.5-coder-1.5b; R=/tmp/ruler-lengths; mkdir -p $R/gpu0 $R/gpu1
 left() { echo $(( DEADLINE - $(date +%s) )); }
 COMMITTED=$REPO/benchmarks/results/quality/python-docs/ruler.jsonl
 NEEDLES=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery
-seed() {  # file codec: the committed rows of that codec at 4K, 16K and of the grid
-  [ -s $1 ] || grep "\"codec\": \"$2\"" $COMMITTED | grep -E '"length": (4096|16384),|"task": "niah_grid"' > $1 || true
+seed() {  # file codec pattern: that codec's committed rows that match the pattern (grep -E)
+  [ -s $1 ] || grep "\"codec\": \"$2\"" $COMMITTED | grep -E "$3" > $1 || true
 }
-seed $R/gpu0/ruler.jsonl oscar
-seed $R/gpu1/ruler.jsonl bf16
+mkdir -p $R/grid-oscar $R/kivi0 $R/kivi1
+seed $R/gpu0/ruler.jsonl oscar '"length": (4096|16384),'
+seed $R/gpu1/ruler.jsonl bf16 '"length": (4096|16384),|"task": "niah_grid"'
+seed $R/grid-oscar/ruler.jsonl oscar '"task": "niah_grid"'
+seed $R/kivi0/ruler.jsonl kivi2 '"length": 32768,'
+seed $R/kivi1/ruler.jsonl kivi2 '"length": 32768,'
 
 [ -d /tmp/pydocs ] || tar -C /tmp -xJf /tmp/gpu/data/pydocs-library.tar.xz
 cd /tmp
@@ -39,12 +47,15 @@ stage() {  # gpu out-dir codec tasks ctx samples
     --out $2 --quiet >> $2.log 2>&1
   echo "gpu$1 $3 $4 $5 x$6 -> rc $? at $(date +%T)" >> $2.log
 }
-{ stage 0 $R/gpu0 oscar $NEEDLES 4k $N; stage 0 $R/gpu0 oscar $NEEDLES 16k $N; } &
+# then the kivi2 baseline at 32K (the goal's comparison at 32K), its 8 tasks split over the GPUs
+KIVI0=niah_single_1,niah_multikey_1,niah_multikey_3,niah_multiquery
+KIVI1=niah_single_2,niah_single_3,niah_multikey_2,niah_multivalue
+{ stage 0 $R/gpu0 oscar $NEEDLES 4k $N; stage 0 $R/gpu0 oscar $NEEDLES 16k $N; stage 0 $R/kivi0 kivi2 $KIVI0 32k $N; } &
 { stage 1 $R/gpu1 bf16 $NEEDLES 4k,16k $N; stage 1 $R/gpu1 bf16 niah 8k,32k $GRID_N
-  stage 1 $R/grid-oscar oscar niah 8k,32k $GRID_N; } &
+  stage 1 $R/grid-oscar oscar niah 8k,32k $GRID_N; stage 1 $R/kivi1 kivi2 $KIVI1 32k $N; } &
 wait
-tail -n 2 $R/gpu0.log $R/gpu1.log $R/grid-oscar.log 2>/dev/null
-MERGE=; for d in $R/gpu0 $R/gpu1 $R/grid-oscar; do [ -s $d/ruler.jsonl ] && MERGE=$MERGE${MERGE:+,}$d; done
+tail -n 2 $R/gpu0.log $R/gpu1.log $R/grid-oscar.log $R/kivi0.log $R/kivi1.log 2>/dev/null
+MERGE=; for d in $R/gpu0 $R/gpu1 $R/grid-oscar $R/kivi0 $R/kivi1; do [ -s $d/ruler.jsonl ] && MERGE=$MERGE${MERGE:+,}$d; done
 [ -n "$MERGE" ] && python3 -m oscar_cluster.evaluation.cli --merge $MERGE --out $R/merged > $R/merge.log 2>&1
 [ -f $R/merged/ruler.jsonl ] && python3 $REPO/benchmarks/ruler_table.py $R/merged/ruler.jsonl --out $R/merged/paired.json 2>&1 | tail -n 20
 tar -C /tmp -czf $OUT/lengths.tgz ruler-lengths

@@ -513,7 +513,7 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
     if block_n is None:
         # On CUDA, rows of <= 16 (decode; for bf16 pages also short prefill blocks): 64-key tiles, the
         # H200's tuned choice. Packed decode with 2 warps: the fastest of 9 tiles x warps there, and
-        # checked against the reference on the GPU (attention-h200-3.json: 1.831 ms against 3.146 ms
+        # checked against the reference on the GPU (attention-h200-4.json: 1.473 ms against 3.189 ms
         # for 16 keys x 4 warps at 32K x 8); the kernel is issue-bound and this tiling issues the
         # fewest instructions per key (kernel-registers-sm90.json), despite its spills. Packed
         # prefill stays at 16-key tiles.

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
+from ..rope import _angles
 from .layout import LayerTables, group_args
 
 __all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "launch_write_kind"]
@@ -268,7 +269,7 @@ def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: 
     if kind == "k" and tables.has_rope_mean:
         xf = x.to(torch.float32, copy=True)
         h2 = D // 2
-        ang = positions.to(x.device, torch.float64)[:, None] * tables.inv_freq.to(x.device, torch.float64)[None, :]
+        ang = _angles(positions.to(x.device), tables.inv_freq)  # [tokens, d/2] float64
         cos, sin = ang.cos().float()[:, None, :], ang.sin().float()[:, None, :]  # [tokens, 1, d/2]
         m1, m2 = tables.rope_mean[:, :h2], tables.rope_mean[:, h2:]  # [kv_heads, d/2]
         xf[..., :h2] -= m1 * cos - m2 * sin

@@ -451,9 +451,11 @@ def section_precision(prefix: int = 4096, ratios=(1.0, 9.3, 58.0)) -> dict:
 def section_compile(layouts: int = 8, seed: int = 0) -> dict:
     """Cold-start cost: write_kv and a decode call on `layouts` random bit layouts of one shape
     (d 128, 2 KV heads, 12 query heads), first call (compile included) against a second call; and
-    how many distinct tile-size tuples the layouts need (kernels.layout.group_args). The random layouts
+    how many distinct tile-size tuples the layouts need (kernels.layout.group_args for write_kv, the
+    attention kernel's own _group_args, which also splits groups, for decode). The random layouts
     also change the slot size, which Triton specializes on (divisibility by 16), so that count can be
     low and the first-call times are the measure; in an artifact every layer has the same slot size."""
+    from oscar_cluster.kernels.attention import _group_args
     from oscar_cluster.kernels.layout import group_args
 
     g = torch.Generator().manual_seed(seed)
@@ -469,7 +471,7 @@ def section_compile(layouts: int = 8, seed: int = 0) -> dict:
         kg, vg = tb.groups
         tiles = [tuple(x for name, x in group_args(p, c).items() if name.endswith("P")) for p, c in (("K", kg), ("V", vg))]
         keys_w.update({("k", tiles[0]), ("v", tiles[1])})
-        keys_a.add(tuple(tiles))
+        keys_a.add(tuple(x for name, x in _group_args(tb.groups).items() if name.endswith("P")))
         k = torch.randn(n, H, d, device=DEV).bfloat16()
         v = torch.randn(n, H, d, device=DEV).bfloat16()
         pos = torch.arange(n, device=DEV)

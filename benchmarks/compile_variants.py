@@ -1,8 +1,9 @@
 """How many compiled kernel variants an artifact's layers need: with the layout compiled in (counts
-and code offsets as constexprs, the kernels before 2026-11-30) and now (only the tile sizes,
-`kernels.layout.group_args`). With --time-sm90, also how long compiling its write_kv variants for
-the H200 (sm_90) takes on this CPU (Triton compiles and runs ptxas without a GPU): one after the
-other, as the first batch of a run did, and in --workers processes, as `kernels.precompile` does.
+and code offsets as constexprs, the kernels before 2026-11-30) and now (only the tile sizes:
+`kernels.layout.group_args` for write_kv, `attention._group_args` for attention). With --time-sm90,
+also how long compiling its write_kv variants for the H200 (sm_90) takes on this CPU (Triton
+compiles and runs ptxas without a GPU): one after the other, as the first batch of a run did, and in
+--workers processes, as `kernels.precompile` does.
 On a GPU the first-call times are attention.py --sections compile.
 
     python benchmarks/compile_variants.py --artifact DIR --out benchmarks/results/compile-variants-NAME.json
@@ -31,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     from _record import provenance, write_result
     from oscar_cluster.artifact import load_artifact, read_metadata
-    from oscar_cluster.kernels.layout import group_args, layer_tables
+    from oscar_cluster.kernels.layout import layer_tables
 
     if bool(args.artifact) == bool(args.layouts):
         ap.error("give --artifact DIR or --layouts oscar.yaml")
@@ -43,8 +44,10 @@ def main() -> None:
 
     from oscar_cluster.kernels.precompile import write_kv_variants
 
-    def tiles(prefix, counts):
-        return tuple(v for k, v in group_args(prefix, counts).items() if k.endswith("P"))
+    from oscar_cluster.kernels.attention import _group_args
+
+    def attention_tiles(groups):  # the attention kernel's tiles (it splits groups: attention.split_tiles)
+        return tuple(v for k, v in _group_args(groups).items() if k.endswith("P"))
 
     write_before, attn_before, attn_now = set(), set(), set()
     for layer in sorted(codec.layers):
@@ -52,7 +55,7 @@ def main() -> None:
         k, v = (tuple(g) for g in tb.groups)
         write_before |= {("k", k, 0), ("v", v, tb.k.nbytes)}  # counts and the V codes' byte offset
         attn_before.add((k, v))
-        attn_now.add((tiles("K", k), tiles("V", v)))
+        attn_now.add(attention_tiles((k, v)))
     write_now = write_kv_variants(codec)  # what kernels.precompile compiles
     res = {"benchmark": "compiled kernel variants per artifact", **provenance(), "artifact": args.artifact or args.layouts,
            "artifact_content_sha256": meta.get("content_sha256"), "model": meta.get("model"),

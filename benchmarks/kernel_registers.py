@@ -182,6 +182,9 @@ def main() -> None:
     tb = layer_tables(codec, 0)
     G = Hq // H
     rows = []
+    # the kernel's own layout arguments (tile sizes, and remainder tiles where it splits groups);
+    # older kernel files without _group_args took layout.group_args'
+    tile_args = getattr(mod, "_group_args", None) or (lambda g: {**group_args("K", g[0]), **group_args("V", g[1])})
     split_arg = "ROPE_SPLIT" in mod._attn_kernel.arg_names  # revisions before 2026-11-30 always split
     # (name, packed pages, RoPE-mean term split, RoPE-mean term present); without the term: a codec
     # fitted with key_mean="global"
@@ -205,8 +208,7 @@ def main() -> None:
             const = dict(D=d, HALF=d // 2, BLOCK_Q=block_q, G_P2=G, BLOCK_M=max(16, block_q * G), BLOCK_N=block_n,
                          BLOCK_S=16, SPLIT=not args.prefill_only, HAS_ROPE=packed and rope and tb.has_rope_mean,
                          PACKED=packed, LOWP=1, **extra,
-                         **{k: v for k, v in {**group_args("K", groups[0]), **group_args("V", groups[1])}.items()
-                            if k.endswith("P")})
+                         **{k: v for k, v in tile_args(groups).items() if k.endswith("P")})
             # 64 query heads, pages of 16 slots; decode: one query block per sequence
             st = compile_stats(mod._attn_kernel, {**const, **({} if args.prefill_only else per_call_one)}, num_warps,
                                aligned=("Hq", "block_size"))

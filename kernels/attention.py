@@ -32,7 +32,7 @@ import triton.language as tl
 
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
-from .layout import LayerTables, group_args
+from .layout import LayerTables
 from .write_kv import check_cache, read_slots, wrap_angle
 
 __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_attention_bf16",
@@ -55,8 +55,8 @@ def _group_levels(cache_ptr, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_
     segment is read as the one or two aligned 32-bit words that hold it, shifted into place (a funnel
     shift) in one thread: 24% fewer instructions per key at 64 keys x 2 warps than loading its B
     bytes in B lanes and summing them across lanes. 16-key tiles (prefill) keep the bytes: at 16 keys
-    x 4 warps they issue 308 instructions per key against 367 with words (kernel-registers-sm90.json,
-    and the same file at commit 1a20efb). A level is
+    x 4 warps they issue 308 instructions per key against 367 with words (kernel-registers-sm90-08435cb.json,
+    and kernel-registers-sm90.json at commit 1a20efb). A level is
     the odd polynomial of the code's centred value x = (c - (2^B - 1)/2) / 2^(B-1) through the B-bit
     table (`level_polynomials`): c becomes a float by the exponent trick, then Horner in x^2. With
     bf16 matrix operands (LOWP 1, and its emulation 2) in float16, two codes per instruction (Horner's
@@ -162,6 +162,13 @@ def _mm_rope(a, b, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _key_step(q, cache_ptr, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr,
+              LOWP: tl.constexpr):
+    """One key tile's scores in the codec's space: q [M, NSEG_P2 * 8] @ levels^T -> [M, BLOCK_N]."""
+    return _mm(q, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP)), LOWP)
+
+
+@triton.jit
 def _value_step(acc, alpha, pv, cache_ptr, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
                 BLOCK_N: tl.constexpr, LOWP: tl.constexpr):
     """One online-softmax step of a value group's codec-space accumulator: acc alpha + pv @ levels."""
@@ -178,13 +185,15 @@ def _online_update(s, m_i, l_i):
 
 
 @triton.jit
-def _rescale(a4, a3, a2, a1, lq, alpha):
-    """The codec-space accumulators and their weight sum times alpha [M] (an online-softmax step)."""
-    return (a4 * alpha[:, None], a3 * alpha[:, None], a2 * alpha[:, None], a1 * alpha[:, None], lq * alpha)
+def _rescale(a4, a3, a2, a1, r4, r3, r2, r1, lq, alpha):
+    """The codec-space accumulators (each group's first tile, then its remainder tile) and their
+    weight sum times alpha [M] (an online-softmax step)."""
+    return (a4 * alpha[:, None], a3 * alpha[:, None], a2 * alpha[:, None], a1 * alpha[:, None],
+            r4 * alpha[:, None], r3 * alpha[:, None], r2 * alpha[:, None], r1 * alpha[:, None], lq * alpha)
 
 
 # Run-time values, not specialized: Triton compiles a variant of its own for an int argument equal to
-# 1 and for one divisible by 16. Not specialized: the layout's counts (see group_args) and what
+# 1 and for one divisible by 16. Not specialized: the layout's counts (see _group_args) and what
 # changes from call to call (tokens, block-table width, splits), so a growing context or another
 # batch size recompiles only where a constexpr changes (SPLIT, once; the reduction's split tile
 # beyond 64 splits, see reduce_width); the model's shape (heads, page and slot sizes) is specialized.
@@ -207,10 +216,14 @@ def _attn_kernel(
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT: tl.constexpr, HAS_ROPE: tl.constexpr,
     PACKED: tl.constexpr, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr,
     # bit layout of the layer: segments of 8 channels at 4, 3, 2, 1 bits (K then V; run-time), and
-    # the tile sizes (compiled in: the count rounded up to a power of two, at least 2; 1 = absent)
+    # each group's tiles (compiled in, `split_tiles`): a first tile of P segments (a power of two, at
+    # least 2; 1 = absent) and, where two tiles pad fewer channels than one, a remainder tile of RP
+    # for the count's last (count - P) segments (1 = none)
     K4, K3, K2, K1, V4, V3, V2, V1,
     K4P: tl.constexpr, K3P: tl.constexpr, K2P: tl.constexpr, K1P: tl.constexpr,
     V4P: tl.constexpr, V3P: tl.constexpr, V2P: tl.constexpr, V1P: tl.constexpr,
+    K4RP: tl.constexpr, K3RP: tl.constexpr, K2RP: tl.constexpr, K1RP: tl.constexpr,
+    V4RP: tl.constexpr, V3RP: tl.constexpr, V2RP: tl.constexpr, V1RP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -257,17 +270,29 @@ def _attn_kernel(
     VO1 = VO4 + 4 * V4 + 3 * V3 + 2 * V2
     if PACKED:
         if K4P > 1:
-            q4 = _group_query(qt_ptr, row, row_ok, D, 0, K4, K4P)
+            q4 = _group_query(qt_ptr, row, row_ok, D, 0, tl.minimum(K4, K4P), K4P)
         if K3P > 1:
-            q3 = _group_query(qt_ptr, row, row_ok, D, KC3, K3, K3P)
+            q3 = _group_query(qt_ptr, row, row_ok, D, KC3, tl.minimum(K3, K3P), K3P)
         if K2P > 1:
-            q2 = _group_query(qt_ptr, row, row_ok, D, KC2, K2, K2P)
+            q2 = _group_query(qt_ptr, row, row_ok, D, KC2, tl.minimum(K2, K2P), K2P)
         if K1P > 1:
-            q1 = _group_query(qt_ptr, row, row_ok, D, KC1, K1, K1P)
+            q1 = _group_query(qt_ptr, row, row_ok, D, KC1, tl.minimum(K1, K1P), K1P)
+        if K4RP > 1:
+            q4r = _group_query(qt_ptr, row, row_ok, D, 8 * K4P, K4 - K4P, K4RP)
+        if K3RP > 1:
+            q3r = _group_query(qt_ptr, row, row_ok, D, KC3 + 8 * K3P, K3 - K3P, K3RP)
+        if K2RP > 1:
+            q2r = _group_query(qt_ptr, row, row_ok, D, KC2 + 8 * K2P, K2 - K2P, K2RP)
+        if K1RP > 1:
+            q1r = _group_query(qt_ptr, row, row_ok, D, KC1 + 8 * K1P, K1 - K1P, K1RP)
         a4 = tl.zeros([BLOCK_M, 8 * V4P], tl.float32)
         a3 = tl.zeros([BLOCK_M, 8 * V3P], tl.float32)
         a2 = tl.zeros([BLOCK_M, 8 * V2P], tl.float32)
         a1 = tl.zeros([BLOCK_M, 8 * V1P], tl.float32)
+        r4 = tl.zeros([BLOCK_M, 8 * V4RP], tl.float32)
+        r3 = tl.zeros([BLOCK_M, 8 * V3RP], tl.float32)
+        r2 = tl.zeros([BLOCK_M, 8 * V2RP], tl.float32)
+        r1 = tl.zeros([BLOCK_M, 8 * V1RP], tl.float32)
         cm = tl.load(cm_ptr + row, mask=row_ok, other=0.0)
         if HAS_ROPE:
             i = tl.arange(0, HALF)
@@ -312,13 +337,21 @@ def _attn_kernel(
                 base = cache_ptr + so
                 s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
                 if K4P > 1:
-                    s += _mm(q4, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, 0, 4, K4, K4P, BLOCK_N, LOWP)), LOWP)
+                    s += _key_step(q4, cache_ptr, so, poly_ptr, ok, 0, 4, tl.minimum(K4, K4P), K4P, BLOCK_N, LOWP)
                 if K3P > 1:
-                    s += _mm(q3, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, KO3, 3, K3, K3P, BLOCK_N, LOWP)), LOWP)
+                    s += _key_step(q3, cache_ptr, so, poly_ptr, ok, KO3, 3, tl.minimum(K3, K3P), K3P, BLOCK_N, LOWP)
                 if K2P > 1:
-                    s += _mm(q2, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, KO2, 2, K2, K2P, BLOCK_N, LOWP)), LOWP)
+                    s += _key_step(q2, cache_ptr, so, poly_ptr, ok, KO2, 2, tl.minimum(K2, K2P), K2P, BLOCK_N, LOWP)
                 if K1P > 1:
-                    s += _mm(q1, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, KO1, 1, K1, K1P, BLOCK_N, LOWP)), LOWP)
+                    s += _key_step(q1, cache_ptr, so, poly_ptr, ok, KO1, 1, tl.minimum(K1, K1P), K1P, BLOCK_N, LOWP)
+                if K4RP > 1:
+                    s += _key_step(q4r, cache_ptr, so, poly_ptr, ok, 4 * K4P, 4, K4 - K4P, K4RP, BLOCK_N, LOWP)
+                if K3RP > 1:
+                    s += _key_step(q3r, cache_ptr, so, poly_ptr, ok, KO3 + 3 * K3P, 3, K3 - K3P, K3RP, BLOCK_N, LOWP)
+                if K2RP > 1:
+                    s += _key_step(q2r, cache_ptr, so, poly_ptr, ok, KO2 + 2 * K2P, 2, K2 - K2P, K2RP, BLOCK_N, LOWP)
+                if K1RP > 1:
+                    s += _key_step(q1r, cache_ptr, so, poly_ptr, ok, KO1 + K1P, 1, K1 - K1P, K1RP, BLOCK_N, LOWP)
                 s = s * _scale(base + ks_off, ok)[None, :] + cm[:, None]
                 if HAS_ROPE:  # sum_i A'_i cos(n w_i) + B'_i sin(n w_i), then A', B' move one tile on
                     s += _mm_rope(ra_t, cn_t, LOWP, ROPE_SPLIT)
@@ -329,13 +362,29 @@ def _attn_kernel(
                 p, alpha, m_i, l_i = _online_update(s, m_i, l_i)
                 pv = p * _scale(base + vs_off, ok)[None, :]
                 if V4P > 1:
-                    a4 = _value_step(a4, alpha, pv, cache_ptr, so, poly_ptr, ok, VO4, 4, V4, V4P, BLOCK_N, LOWP)
+                    a4 = _value_step(a4, alpha, pv, cache_ptr, so, poly_ptr, ok, VO4, 4, tl.minimum(V4, V4P), V4P,
+                                     BLOCK_N, LOWP)
                 if V3P > 1:
-                    a3 = _value_step(a3, alpha, pv, cache_ptr, so, poly_ptr, ok, VO3, 3, V3, V3P, BLOCK_N, LOWP)
+                    a3 = _value_step(a3, alpha, pv, cache_ptr, so, poly_ptr, ok, VO3, 3, tl.minimum(V3, V3P), V3P,
+                                     BLOCK_N, LOWP)
                 if V2P > 1:
-                    a2 = _value_step(a2, alpha, pv, cache_ptr, so, poly_ptr, ok, VO2, 2, V2, V2P, BLOCK_N, LOWP)
+                    a2 = _value_step(a2, alpha, pv, cache_ptr, so, poly_ptr, ok, VO2, 2, tl.minimum(V2, V2P), V2P,
+                                     BLOCK_N, LOWP)
                 if V1P > 1:
-                    a1 = _value_step(a1, alpha, pv, cache_ptr, so, poly_ptr, ok, VO1, 1, V1, V1P, BLOCK_N, LOWP)
+                    a1 = _value_step(a1, alpha, pv, cache_ptr, so, poly_ptr, ok, VO1, 1, tl.minimum(V1, V1P), V1P,
+                                     BLOCK_N, LOWP)
+                if V4RP > 1:
+                    r4 = _value_step(r4, alpha, pv, cache_ptr, so, poly_ptr, ok, VO4 + 4 * V4P, 4, V4 - V4P, V4RP,
+                                     BLOCK_N, LOWP)
+                if V3RP > 1:
+                    r3 = _value_step(r3, alpha, pv, cache_ptr, so, poly_ptr, ok, VO3 + 3 * V3P, 3, V3 - V3P, V3RP,
+                                     BLOCK_N, LOWP)
+                if V2RP > 1:
+                    r2 = _value_step(r2, alpha, pv, cache_ptr, so, poly_ptr, ok, VO2 + 2 * V2P, 2, V2 - V2P, V2RP,
+                                     BLOCK_N, LOWP)
+                if V1RP > 1:
+                    r1 = _value_step(r1, alpha, pv, cache_ptr, so, poly_ptr, ok, VO1 + V1P, 1, V1 - V1P, V1RP,
+                                     BLOCK_N, LOWP)
             else:
                 kv_off = slot[:, None] * (H * D) + h * D + d[None, :]
                 k = tl.load(kc_ptr + kv_off, mask=in_seq[:, None], other=0.0)
@@ -364,7 +413,7 @@ def _attn_kernel(
         p_s, alpha_s, m_i, l_i = _online_update(s_s, m_i, l_i)
         v_s = tl.load(sv_ptr + s_off, mask=ok_s[:, None], other=0.0)
         acc_o = acc_o * alpha_s[:, None] + _mm(p_s, v_s, LOWP)
-        a4, a3, a2, a1, lq = _rescale(a4, a3, a2, a1, lq, alpha_s)
+        a4, a3, a2, a1, r4, r3, r2, r1, lq = _rescale(a4, a3, a2, a1, r4, r3, r2, r1, lq, alpha_s)
     hi = tl.where(split == num_splits - 1, tl.minimum(q_len, (qb + 1) * BLOCK_Q), 0)
     j0 = 0
     while j0 < hi:
@@ -378,7 +427,7 @@ def _attn_kernel(
         v_f = tl.load(vn_ptr + f_off, mask=ok_f[:, None], other=0.0)
         acc_o = acc_o * alpha_f[:, None] + _mm(p_f, v_f, LOWP)
         if PACKED:
-            a4, a3, a2, a1, lq = _rescale(a4, a3, a2, a1, lq, alpha_f)
+            a4, a3, a2, a1, r4, r3, r2, r1, lq = _rescale(a4, a3, a2, a1, r4, r3, r2, r1, lq, alpha_f)
         j0 += BLOCK_N
 
     out = split.to(tl.int64) * Tq * Hq + row
@@ -390,13 +439,21 @@ def _attn_kernel(
     tl.store(acco_ptr + out[:, None] * D + d[None, :], acc_o * inv[:, None], mask=row_ok[:, None])
     if PACKED:  # the codec-space accumulator, group by group; channels without bits get 0
         if V4P > 1:
-            _group_store(acct_ptr, out, a4 * inv[:, None], row_ok, D, 0, V4, V4P)
+            _group_store(acct_ptr, out, a4 * inv[:, None], row_ok, D, 0, tl.minimum(V4, V4P), V4P)
         if V3P > 1:
-            _group_store(acct_ptr, out, a3 * inv[:, None], row_ok, D, VC3, V3, V3P)
+            _group_store(acct_ptr, out, a3 * inv[:, None], row_ok, D, VC3, tl.minimum(V3, V3P), V3P)
         if V2P > 1:
-            _group_store(acct_ptr, out, a2 * inv[:, None], row_ok, D, VC2, V2, V2P)
+            _group_store(acct_ptr, out, a2 * inv[:, None], row_ok, D, VC2, tl.minimum(V2, V2P), V2P)
         if V1P > 1:
-            _group_store(acct_ptr, out, a1 * inv[:, None], row_ok, D, VC1, V1, V1P)
+            _group_store(acct_ptr, out, a1 * inv[:, None], row_ok, D, VC1, tl.minimum(V1, V1P), V1P)
+        if V4RP > 1:
+            _group_store(acct_ptr, out, r4 * inv[:, None], row_ok, D, 8 * V4P, V4 - V4P, V4RP)
+        if V3RP > 1:
+            _group_store(acct_ptr, out, r3 * inv[:, None], row_ok, D, VC3 + 8 * V3P, V3 - V3P, V3RP)
+        if V2RP > 1:
+            _group_store(acct_ptr, out, r2 * inv[:, None], row_ok, D, VC2 + 8 * V2P, V2 - V2P, V2RP)
+        if V1RP > 1:
+            _group_store(acct_ptr, out, r1 * inv[:, None], row_ok, D, VC1 + 8 * V1P, V1 - V1P, V1RP)
         tl.store(acct_ptr + out[:, None] * D + d[None, :], tl.zeros([BLOCK_M, D], tl.float32),
                  mask=row_ok[:, None] & (d[None, :] >= VCODED))
         tl.store(lq_ptr + out, lq * inv, mask=row_ok)
@@ -436,9 +493,33 @@ def rope_tile_table(inv_freq: torch.Tensor, block_n: int, device) -> tuple[torch
     return ang.cos().float().to(device).contiguous(), ang.sin().float().to(device).contiguous()
 
 
+def split_tiles(n: int) -> tuple[int, int]:
+    """A group of n segments as the attention kernel's tiles: (P, RP), a first tile of P segments (a
+    power of two, at least 2: tl.dot's smallest K is 16 channels) and a remainder tile of RP for the
+    last n - P segments, used where two tiles pad fewer channels than one; 1 = absent.
+    5 -> (4, 2) and 6 -> (4, 2) instead of 8; 12 -> (8, 4) instead of 16; 3 -> (4, 1), 7 -> (8, 1),
+    1 -> (2, 1), 0 -> (1, 1)."""
+    if n <= 0:
+        return 1, 1
+    one = max(2, 1 << (n - 1).bit_length())
+    first = 1 << (n.bit_length() - 1)  # the largest power of two <= n
+    rest = n - first
+    if first >= 2 and rest > 0:
+        second = max(2, 1 << (rest - 1).bit_length())
+        if first + second < one:
+            return first, second
+    return one, 1
+
+
 def _group_args(groups) -> dict:
-    """K and V layouts as the attention kernel's arguments (K4..K1, V4..V1 and their tile sizes)."""
-    return {**group_args("K", groups[0]), **group_args("V", groups[1])}
+    """K and V layouts as the attention kernel's arguments: the counts K4..K1, V4..V1 (run-time) and
+    each group's tiles K4P..V1P, K4RP..V1RP (constexprs, `split_tiles`)."""
+    out = {}
+    for prefix, counts in (("K", groups[0]), ("V", groups[1])):
+        for b, n in zip((4, 3, 2, 1), counts):
+            out[f"{prefix}{b}"] = int(n)
+            out[f"{prefix}{b}P"], out[f"{prefix}{b}RP"] = split_tiles(int(n))
+    return out
 
 
 def _lowp(operand_precision: str | None, device: torch.device) -> int:

@@ -252,6 +252,47 @@ def test_codes_read_as_words_at_every_slot_alignment(extra_v_bytes, block_n):
     assert float((low - want).norm() / want.norm()) < 1e-2
 
 
+def test_split_tiles_pad_fewer_channels():
+    """A group's segments as one power-of-two tile, or two where that pads fewer channels; every
+    segment is covered, each tile is a power of two of at least 2 segments (tl.dot's K >= 16)."""
+    from oscar_cluster.kernels.attention import split_tiles
+
+    assert [split_tiles(n) for n in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16)] == [
+        (1, 1), (2, 1), (2, 1), (4, 1), (4, 1), (4, 2), (4, 2), (8, 1), (8, 1), (8, 2), (8, 4), (16, 1), (16, 1)]
+    for n in range(1, 65):
+        first, second = split_tiles(n)
+        tiles = [t for t in (first, second) if t > 1]
+        assert all(t & (t - 1) == 0 for t in tiles)
+        assert first >= n if second == 1 else (first < n <= first + second)
+        assert sum(tiles) <= max(2, 1 << (n - 1).bit_length())
+
+
+@pytest.mark.parametrize("mode,block_n", [("decode", 64), ("decode", 16), ("prefill", 16)])
+def test_paged_attention_with_remainder_tiles(mode, block_n):
+    """Every K and V width holds a count that the kernel splits into two tiles (5, 6, 9, 12 segments:
+    4 + 2, 4 + 2, 8 + 2, 8 + 4), so each remainder tile's channel and byte offsets are exercised,
+    in decode (words and bytes) and chunked prefill; against the float64 reference."""
+    from oscar_cluster.kernels.attention import _group_args
+
+    d, H, Hq = 256, 1, 3
+    codec = _fitted(d, H, Hq, seed=21)
+    codec.layers[0]["k"].bits = torch.tensor([4] * 5 + [3] * 6 + [2] * 12 + [1] * 9).repeat_interleave(8)
+    codec.layers[0]["v"].bits = torch.tensor([4] * 6 + [3] * 5 + [2] * 9 + [1] * 12).repeat_interleave(8)
+    for kind in ("k", "v"):  # every channel weighs the same: the fitted stds fall to 0.3% of the first's
+        codec.layers[0][kind].std = torch.ones_like(codec.layers[0][kind].std)
+    tb = layer_tables(codec, 0)
+    args = _group_args(tb.groups)
+    assert all(args[f"{kind}{b}RP"] > 1 for kind in "KV" for b in (4, 3, 2, 1))
+    g = torch.Generator().manual_seed(5)
+    prefix, q_lens = ([70, 5, 33], [1, 1, 1]) if mode == "decode" else ([40, 0], [6, 3])
+    q, kn, vn, cache, bt, pl, cu, sk, sv = _paged_batch(codec, tb, d, H, Hq, prefix, q_lens, 16, g)
+    sm = d ** -0.5
+    want = paged_attention_reference(q, kn, vn, cache, bt, pl, cu, sk, sv, codec, 0, tb, sm)
+    got = paged_attention(q, kn, vn, cache, bt, pl, cu, sk, sv, tb, sm, num_splits=2, poison=True,
+                          operand_precision="fp32", block_n=block_n)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
 @triton.jit
 def _levels_probe(cache_ptr, so_ptr, poly_ptr, out_ptr, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
                   BLOCK_N: tl.constexpr, LOWP: tl.constexpr):

@@ -158,8 +158,16 @@ def main() -> None:
                     help="only the chunked-prefill shape (16-token query blocks x GQA 8 = 128 rows, 16-key tiles)")
     ap.add_argument("--write-kv-only", metavar="G4P,G3P,G2P,G1P", default=None,
                     help="only write_kv, one layout's tile sizes (head dim 128, no RoPE mean), both transforms")
+    ap.add_argument("--split-layouts", metavar="OSCAR_YAML", default=None,
+                    help="only packed decode (64 keys x 2 warps, one-product RoPE term) on every layer layout of an "
+                         "artifact's oscar.yaml: groups split into two tiles (attention.split_tiles), not, and keys only")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.split_layouts:
+        write_result(args.out, {"benchmark": "packed decode SASS instructions per key on an artifact's layer layouts, "
+                                             "groups split into two tiles or not (sm_90, ptxas, no GPU)",
+                                **provenance(), "layouts": args.split_layouts, **split_layout_rows(args.split_layouts)})
+        return
     if args.write_kv_only:
         tiles = tuple(int(t) for t in args.write_kv_only.split(","))
         write_result(args.out, {"benchmark": "write_kv registers, spills and SASS instructions for sm_90 (no GPU)",
@@ -238,6 +246,45 @@ def reduce_rows() -> list[dict]:
         rows.append({"S_P2": s_p2, "num_warps": 4, **st})
         print(f"reduce S_P2 {s_p2}: {st}", flush=True)
     return rows
+
+
+def split_layout_rows(yaml_path: str, block_n: int = 64, num_warps: int = 2) -> dict:
+    """Per distinct layer layout of `yaml_path`: instructions per key and spills of the packed decode
+    kernel with `attention._group_args` (groups split where two tiles pad fewer channels), with every
+    group as one tile (the kernels before the split), and with only the key groups split; head dim
+    128, GQA 8, LOWP 1, RoPE term in one product; and the means over the layers."""
+    from compile_variants import codec_with_layouts
+
+    import oscar_cluster.kernels.attention as att
+    from oscar_cluster.kernels.layout import group_args, layer_tables
+
+    def one_tile(groups):
+        out = {**group_args("K", groups[0]), **group_args("V", groups[1])}
+        return {**out, **{k[:-1] + "RP": 1 for k in out if k.endswith("P")}}
+
+    def keys_split(groups):  # split key groups, value groups as one tile
+        return {k: (v if k.startswith("K") else one_tile(groups)[k]) for k, v in att._group_args(groups).items()}
+
+    codec, _ = codec_with_layouts(yaml_path)
+    layers: dict = {}
+    for layer in sorted(codec.layers):
+        layers.setdefault(tuple(tuple(int(x) for x in g) for g in layer_tables(codec, layer).groups), []).append(layer)
+    rows, total = [], {"split": 0.0, "one_tile": 0.0, "keys_split": 0.0}
+    for groups, where in layers.items():
+        row = {"k_groups": list(groups[0]), "v_groups": list(groups[1]), "layers": where}
+        for name, args_of in (("split", att._group_args), ("one_tile", one_tile), ("keys_split", keys_split)):
+            const = dict(D=128, HALF=64, BLOCK_Q=1, G_P2=8, BLOCK_M=16, BLOCK_N=block_n, BLOCK_S=16, SPLIT=True,
+                         HAS_ROPE=True, PACKED=True, LOWP=1, ROPE_SPLIT=False,
+                         **{k: v for k, v in args_of(groups).items() if k.endswith("P")})
+            st = compile_stats(att._attn_kernel, const, num_warps, aligned=("Hq", "block_size"))
+            per_key = st["loop_instructions"] * num_warps / block_n
+            row[name] = {"instructions_per_key": round(per_key, 1), "spill_store_bytes": st["spill_store_bytes"]}
+            total[name] += per_key * len(where)
+        rows.append(row)
+        print(groups, where, row["one_tile"], row["split"], flush=True)
+    n = sum(len(r["layers"]) for r in rows)
+    return {"block_n": block_n, "num_warps": num_warps, "rows": rows,
+            "mean_instructions_per_key_over_layers": {k: round(v / n, 1) for k, v in total.items()}}
 
 
 def write_kv_rows(yaml_path: str) -> dict:

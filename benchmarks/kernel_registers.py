@@ -263,7 +263,8 @@ def split_layout_rows(yaml_path: str, block_n: int = 64, num_warps: int = 2) -> 
         return {**out, **{k[:-1] + "RP": 1 for k in out if k.endswith("P")}}
 
     def keys_split(groups):  # split key groups, value groups as one tile
-        return {k: (v if k.startswith("K") else one_tile(groups)[k]) for k, v in att._group_args(groups).items()}
+        values_one_tile = {k: v for k, v in one_tile(groups).items() if k.startswith("V")}
+        return {**att._group_args(groups), **values_one_tile}
 
     codec, _ = codec_with_layouts(yaml_path)
     layers: dict = {}

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from ..codecs.oscar import OscarCodec
 from ..errors import ConfigError
-from .layout import LayerTables
+from .layout import LayerTables, tile_segments
 from .write_kv import check_cache, read_slots, wrap_angle
 
 __all__ = ["paged_attention", "decode_attention", "prefill_attention", "paged_attention_bf16",
@@ -499,15 +499,13 @@ def split_tiles(n: int) -> tuple[int, int]:
     last n - P segments, used where two tiles pad fewer channels than one; 1 = absent.
     5 -> (4, 2) and 6 -> (4, 2) instead of 8; 12 -> (8, 4) instead of 16; 3 -> (4, 1), 7 -> (8, 1),
     1 -> (2, 1), 0 -> (1, 1)."""
+    one = tile_segments(n)
     if n <= 0:
-        return 1, 1
-    one = max(2, 1 << (n - 1).bit_length())
+        return one, 1
     first = 1 << (n.bit_length() - 1)  # the largest power of two <= n
     rest = n - first
-    if first >= 2 and rest > 0:
-        second = max(2, 1 << (rest - 1).bit_length())
-        if first + second < one:
-            return first, second
+    if first >= 2 and rest > 0 and first + tile_segments(rest) < one:
+        return first, tile_segments(rest)
     return one, 1
 
 

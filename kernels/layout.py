@@ -31,7 +31,7 @@ from ..codecs.quantizers import MAX_BITS
 from ..errors import ConfigError
 
 __all__ = ["SCALE_BYTES", "ChannelTable", "LayerTables", "slot_bytes_for", "layer_tables", "level_table",
-           "level_polynomials", "group_args", "shard_tables"]
+           "level_polynomials", "group_args", "tile_segments", "shard_tables"]
 
 SCALE_BYTES = 4  # fp16 K scale + fp16 V scale
 LEVELS_PER_ROW = 16  # 2**MAX_BITS entries per bit width in the level table
@@ -132,8 +132,14 @@ def group_args(prefix: str, counts) -> dict:
     out = {}
     for b, n in zip((4, 3, 2, 1), counts):
         out[f"{prefix}{b}"] = int(n)
-        out[f"{prefix}{b}P"] = max(2, 1 << (int(n) - 1).bit_length()) if n > 0 else 1
+        out[f"{prefix}{b}P"] = tile_segments(int(n))
     return out
+
+
+def tile_segments(n: int) -> int:
+    """Segments of the one tile that holds n: n rounded up to a power of two, at least 2 (tl.dot's
+    smallest K is 16 channels); 1 for an absent group (n = 0)."""
+    return max(2, 1 << (n - 1).bit_length()) if n > 0 else 1
 
 
 def slot_bytes_for(codec: OscarCodec) -> int:

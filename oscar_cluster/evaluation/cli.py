@@ -59,7 +59,8 @@ def _print_results(res: dict, ppl: dict | None, attn: dict | None, few_tasks: bo
     for s in res["summary"]:
         if s["task"] == "niah_mean" or few_tasks:
             depth = "" if s.get("depth") is None else f" depth {s['depth']:.0%}"
-            print(f"{s['codec']:>11} {s['task']:>16} {s['length']:>7} {s['score']:6.1f}  ({s['samples']} samples){depth}")
+            tasks = f", {s['tasks']} tasks" if s["task"] == "niah_mean" else ""
+            print(f"{s['codec']:>11} {s['task']:>16} {s['length']:>7} {s['score']:6.1f}  ({s['samples']} samples{tasks}){depth}")
     if ppl:
         for name, r in ppl["codecs"].items():
             inc = "" if r["increase_vs_bf16"] is None else f"  ({100 * r['increase_vs_bf16']:+.2f}% vs bf16)"

@@ -144,10 +144,13 @@ def _fit_cached(cfg: EvalConfig, name: str, model, tok, progress: bool) -> codec
 
 
 def summarize(rows: list[dict], bits: dict[str, dict[int, float]] | None = None) -> list[dict]:
-    """Mean score per (codec, task, length), plus the 8-needle mean ("niah_mean") per codec and length.
+    """Mean score per (codec, task, length), plus the needle mean ("niah_mean") per codec and length:
+    the mean over its samples of the RULER needle tasks that ran. "tasks" counts the tasks a row
+    covers (for niah_mean, how many of the 8; a mean over fewer is not comparable with a full one).
     Bits per element come from `bits`, else from the rows."""
     bits = {c: dict(v) for c, v in (bits or {}).items()}
     groups: dict[tuple, list[float]] = {}
+    needle_tasks: dict[tuple, set[str]] = {}
     for r in rows:
         if r.get("bits_per_element") is not None:
             bits.setdefault(r["codec"], {}).setdefault(r["length"], r["bits_per_element"])
@@ -155,8 +158,10 @@ def summarize(rows: list[dict], bits: dict[str, dict[int, float]] | None = None)
         groups.setdefault((r["codec"], r["task"], r["length"], -1.0 if depth is None else depth), []).append(r["score"])
         if r["task"] in NIAH_TASKS:
             groups.setdefault((r["codec"], "niah_mean", r["length"], -1.0), []).append(r["score"])
+            needle_tasks.setdefault((r["codec"], r["length"]), set()).add(r["task"])
     return [{"codec": c, "task": t, "length": n, "depth": None if d < 0 else d, "samples": len(v),
-             "score": sum(v) / len(v), "bits_per_element": bits.get(c, {}).get(n)}
+             "score": sum(v) / len(v), "bits_per_element": bits.get(c, {}).get(n),
+             "tasks": len(needle_tasks[(c, n)]) if t == "niah_mean" else 1}
             for (c, t, n, d), v in sorted(groups.items())]
 
 
@@ -186,11 +191,29 @@ def _plot(summary: list[dict], path: Path) -> None:
     cols = min(4, len(tasks))
     rows_n = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False)
+    # niah_mean: only means over the fullest task set in the summary are joined by lines; a mean
+    # over fewer tasks (a baseline run on the hard tasks only, say) is a hollow, unjoined marker
+    full = max((s.get("tasks", 1) for s in summary if s["task"] == "niah_mean"), default=1)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    codecs = sorted({s["codec"] for s in summary})
+    partial_seen = False
+
+    def k(n):  # tokens -> K tokens
+        return n // 1024 or n / 1024
+
     for ax, task in zip(axes.flat, tasks):
-        for codec in sorted({s["codec"] for s in summary}):
-            pts = sorted((s["length"], s["score"]) for s in summary if s["task"] == task and s["codec"] == codec)
-            ax.plot([p[0] // 1024 or p[0] / 1024 for p in pts], [p[1] for p in pts], "o-", label=codec)
-        ax.set_title(task, fontsize=9)
+        for i, codec in enumerate(codecs):
+            mine = sorted((s["length"], s["score"], s.get("tasks", 1)) for s in summary
+                          if s["task"] == task and s["codec"] == codec)
+            solid = [p for p in mine if task != "niah_mean" or p[2] == full]
+            partial = [p for p in mine if p not in solid]
+            color = colors[i % len(colors)]
+            ax.plot([k(p[0]) for p in solid], [p[1] for p in solid], "o-", color=color, label=codec)
+            if partial:
+                partial_seen = True
+                ax.plot([k(p[0]) for p in partial], [p[1] for p in partial], "o", color=color, mfc="none")
+        ax.set_title(task if task != "niah_mean" or not partial_seen
+                     else f"niah_mean (hollow: fewer than {full} tasks)", fontsize=9)
         ax.set_ylim(-5, 105)
         ax.set_xlabel("context (K tokens)", fontsize=8)
         ax.grid(True, alpha=0.3)
@@ -340,7 +363,8 @@ def write_report(rows: list[dict], out: Path, bits: dict | None = None, meta: di
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "summary.json", json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["codec", "task", "length", "depth", "samples", "score", "bits_per_element"])
+    w = csv.DictWriter(buf, fieldnames=["codec", "task", "length", "depth", "samples", "score", "bits_per_element",
+                                        "tasks"])
     w.writeheader()
     w.writerows(summary)
     _write_atomic(out / "summary.csv", buf.getvalue())

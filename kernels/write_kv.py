@@ -23,6 +23,10 @@ from .layout import LayerTables, group_args
 __all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "launch_write_kind"]
 
 MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
+# (block_t, num_warps) per transform when the caller gives none: the fastest tilings of write_kv at 8K
+# tokens, 8 KV heads, d 128 on the H200 (benchmarks/results/attention-h200-5.json: host 0.419 ms at
+# 16 x 4 against the fused transform's 0.534 ms at 64 x 4)
+DEFAULT_TILES = {"host": (16, 4), "kernel": (64, 4)}
 
 
 @triton.jit
@@ -215,19 +219,22 @@ def _precision(device: torch.device) -> str:
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-             cache: torch.Tensor, tables: LayerTables, scale_iters: int = 2, block_t: int = 32,
-             num_warps: int | None = None, transform: str | None = None) -> None:
+             cache: torch.Tensor, tables: LayerTables, scale_iters: int = 2, block_t: int | None = None,
+             num_warps: int | None = None, transform: str = "host") -> None:
     """Encode and store new tokens.
 
     k, v: [tokens, kv_heads, d] (fp16/bf16/fp32); positions: [tokens] int; slot_mapping: [tokens]
     int (block * block_size + offset, -1 = padding); cache: [num_blocks, block_size, kv_heads,
     slot_bytes] uint8, written in place. Sinks (positions < tables.sinks) are written like any
     token; the attention kernels read them from the bf16 sink buffers instead.
-    transform: where x' = T (x - R_p m) is computed: "kernel" (fused, head dims up to
-    MAX_IN_KERNEL_TRANSFORM_DIM, the default there), or "host" (`host_transform`: the RoPE mean
-    subtracted in one float32 copy, then one batched matmul into a [kv_heads, tokens, d] buffer; the
-    kernel then holds no [d, d] tile and, compiled for sm_90, spills far less:
-    benchmarks/kernel_registers.py --write-kv). k and v are read in place when d has unit stride."""
+    transform: where x' = T (x - R_p m) is computed: "host" (the default: `host_transform`, the RoPE
+    mean subtracted in one float32 copy, then one batched matmul into a [kv_heads, tokens, d] buffer;
+    the kernel then holds no [d, d] tile) or "kernel" (fused, head dims up to
+    MAX_IN_KERNEL_TRANSFORM_DIM; k and v are then read in place when d has unit stride). The host
+    transform is the faster on the H200: 0.419 ms against 0.534 ms at 8K tokens, each at its best
+    tiling (benchmarks/results/attention-h200-5.json), because the fused kernel, compiled for sm_90,
+    spills (benchmarks/kernel_registers.py --write-kv). block_t, num_warps: tokens per program and
+    warps; None takes DEFAULT_TILES[transform]."""
     _check_tokens("k", k, tables)
     _check_tokens("v", v, tables)
     n = k.shape[0]
@@ -238,12 +245,14 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
     if n == 0:
         return
     D = tables.head_dim
-    if transform not in (None, "kernel", "host"):
-        raise ConfigError(f"transform must be 'kernel' or 'host', got {transform!r}")
+    if transform not in DEFAULT_TILES:
+        raise ConfigError(f"transform must be 'host' or 'kernel', got {transform!r}")
     if transform == "kernel" and D > MAX_IN_KERNEL_TRANSFORM_DIM:
         raise ConfigError(f"transform='kernel' supports head dims up to {MAX_IN_KERNEL_TRANSFORM_DIM}, got {D}; "
                           "use transform='host'")
-    in_kernel = transform == "kernel" or (transform is None and D <= MAX_IN_KERNEL_TRANSFORM_DIM)
+    in_kernel = transform == "kernel"
+    if block_t is None:
+        block_t, num_warps = DEFAULT_TILES[transform][0], num_warps or DEFAULT_TILES[transform][1]
     slots = slot_mapping.to(torch.int64).contiguous()
     pos = positions.to(torch.int32).contiguous()
     for kind, x in (("k", k), ("v", v)):

@@ -19,7 +19,7 @@ from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attentio
                                    paged_attention_bf16_reference, paged_attention_reference, write_kv,
                                    write_kv_reference)
 from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO, _group_levels
-from oscar_cluster.kernels.write_kv import read_slots
+from oscar_cluster.kernels.write_kv import MAX_IN_KERNEL_TRANSFORM_DIM, read_slots
 from oscar_cluster.synthetic import offset_key_codec, synthetic_oscar_codec
 
 POISON = 0xA5
@@ -49,7 +49,8 @@ def _inputs(n, H, d, g, dtype=torch.float32):
     return k, v
 
 
-@pytest.mark.parametrize("layout,transform", [("fitted", None), ("random", None), ("fitted", "host")])
+@pytest.mark.parametrize("layout,transform", [("fitted", "kernel"), ("random", "kernel"), ("fitted", "host"),
+                                              ("random", "host")])
 def test_write_kv_matches_codec(setup, layout, transform):
     codec, d, H, _ = setup
     g = torch.Generator().manual_seed(11)
@@ -63,6 +64,11 @@ def test_write_kv_matches_codec(setup, layout, transform):
     slots[[3, 17]] = -1  # padding
     got = torch.full((nb, bs, H, tb.slot_bytes), POISON, dtype=torch.uint8)
     want = got.clone()
+    if transform == "kernel" and d > MAX_IN_KERNEL_TRANSFORM_DIM:  # no [d, d] tile in the kernel: refused
+        with pytest.raises(ConfigError, match=f"up to {MAX_IN_KERNEL_TRANSFORM_DIM}"):
+            write_kv(k, v, pos, slots, got, tb, transform=transform)
+        assert bool((got == POISON).all()), "a refused write_kv wrote to the cache"
+        return
     write_kv(k, v, pos, slots, got, tb, transform=transform)
     write_kv_reference(codec, 0, k, v, pos, slots, want)
     untouched = torch.ones(nb * bs, dtype=torch.bool)
@@ -376,7 +382,7 @@ def test_write_kv_transform_choice_is_checked():
     cache = torch.zeros(1, 16, 1, tb.slot_bytes, dtype=torch.uint8)
     with pytest.raises(ConfigError, match="up to 128, got 256"):
         write_kv(k, v, torch.arange(3), torch.arange(3), cache, tb, transform="kernel")
-    with pytest.raises(ConfigError, match="'kernel' or 'host'"):
+    with pytest.raises(ConfigError, match="'host' or 'kernel'"):
         write_kv(k, v, torch.arange(3), torch.arange(3), cache, tb, transform="gpu")
 
 

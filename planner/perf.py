@@ -22,7 +22,7 @@ from .parallel import Shape, kv_rank_share
 from .specs import GPUSpec, ModelSpec, PlanRequest
 
 __all__ = ["WeightsRead", "AllReduce", "DecodeStep", "Prefill", "Cost", "weights_read_per_step", "allreduce",
-           "decode_step", "measured_kernel_step", "OSCAR_KERNEL_BW_FRACTION", "prefill_time", "cost", "PREFILL_MFU", "ACTIVATION_BYTES", "PP_HOP_LATENCY_US"]
+           "decode_step", "measured_kernel_step", "OSCAR_KERNEL_BW_FRACTION", "OSCAR_KERNEL_BW_SOURCE", "prefill_time", "cost", "PREFILL_MFU", "ACTIVATION_BYTES", "PP_HOP_LATENCY_US"]
 
 PREFILL_MFU = 0.4  # achieved fraction of dense bf16 peak in long prefills (FlashAttention-class kernels)
 ACTIVATION_BYTES = 2  # bf16 activations in all-reduces and pipeline hops
@@ -85,11 +85,12 @@ class DecodeStep:
 
 
 # The roofline assumes decode kernels that read at HBM bandwidth. OSCAR's Triton decode attention does
-# not yet: on the H200 it read its packed pages at 119-144 GB/s at 32K-128K context and batch 8-32, 2.8%
-# (the slowest, 32K x 8) to 3.4% of the 4.24 TB/s copy bandwidth (benchmarks/results/attention-h200-4.json;
+# not yet: on the H200 it read its packed pages at 139-175 GB/s at 32K-128K context and batch 8-32, 3.3%
+# (the slowest, 32K x 8) to 4.1% of the 4.24 TB/s copy bandwidth (benchmarks/results/attention-h200-5.json;
 # the copy in -2.json). It is issue-bound, so the fraction is an estimate on other GPUs. Plans quote it
 # as a second figure.
-OSCAR_KERNEL_BW_FRACTION = 0.028
+OSCAR_KERNEL_BW_FRACTION = 0.033
+OSCAR_KERNEL_BW_SOURCE = "benchmarks/results/attention-h200-5.json"
 
 
 def measured_kernel_step(d: DecodeStep, bw_fraction: float) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from .memory import KVBytes, WeightBytes, kv_bytes_per_token, weight_bytes
 from .parallel import Shape, candidate_shapes
-from .perf import (OSCAR_KERNEL_BW_FRACTION, Cost, DecodeStep, Prefill, cost, decode_step, measured_kernel_step,
+from .perf import (OSCAR_KERNEL_BW_FRACTION, OSCAR_KERNEL_BW_SOURCE, Cost, DecodeStep, Prefill, cost, decode_step, measured_kernel_step,
                    prefill_time)
 from .specs import GPUSpec, KVFormat, PlanRequest, WeightFormat
 
@@ -136,7 +136,7 @@ def _notes(req: PlanRequest, fmt: KVFormat, ranked, kv: KVBytes) -> list[str]:
             t = measured_kernel_step(d, OSCAR_KERNEL_BW_FRACTION)
             notes.append(f"tok/s assumes a bandwidth-bound decode kernel; OSCAR's Triton kernel, measured on an "
                          f"H200, reads its pages at {OSCAR_KERNEL_BW_FRACTION:.1%} of HBM bandwidth "
-                         f"(benchmarks/results/attention-h200-4.json): at that rate {req.batch / t:,.0f} tok/s "
+                         f"({OSCAR_KERNEL_BW_SOURCE}): at that rate {req.batch / t:,.0f} tok/s "
                          f"here (step {t * 1e3:,.1f} ms, not {d.step_s * 1e3:,.1f} ms)")
         if m.is_mla:
             notes.append("OSCAR on an MLA latent is an extrapolation (the codec is calibrated per KV head)")

@@ -1,6 +1,7 @@
 """Whole plans: the seed example, monotonicity properties, plans that cannot fit, speed, imports."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -59,7 +60,7 @@ def test_decode_roofline_by_hand(request_for):
 def test_oscar_measured_kernel_figure_by_hand(request_for):
     # 8B on one H100, oscar-int2, 8 x 8K: the KV reads of the roofline step, slowed to the measured
     # fraction of HBM bandwidth of the Triton decode kernel, and the note that says so
-    from oscar_cluster.planner.perf import OSCAR_KERNEL_BW_FRACTION, measured_kernel_step
+    from oscar_cluster.planner.perf import OSCAR_KERNEL_BW_FRACTION, OSCAR_KERNEL_BW_SOURCE, measured_kernel_step
 
     o = plan(request_for("8b", ctx=8192, batch=8)).option("oscar-int2")
     assert (o.shape.tp, o.shape.pp, o.shape.replicas) == (1, 1, 1)
@@ -71,10 +72,24 @@ def test_oscar_measured_kernel_figure_by_hand(request_for):
     assert measured_kernel_step(o.decode, OSCAR_KERNEL_BW_FRACTION) == pytest.approx(slow)
     assert measured_kernel_step(o.decode, 1.0) == pytest.approx(o.decode.step_s)
     note = next(n for n in o.notes if "bandwidth-bound" in n)
-    assert f"{8 / slow:,.0f} tok/s" in note and "attention-h200-4.json" in note
+    assert f"{8 / slow:,.0f} tok/s" in note and OSCAR_KERNEL_BW_SOURCE in note
     assert not any("bandwidth-bound" in n for n in plan(request_for("8b", ctx=8192, batch=8)).option("bf16").notes)
     with pytest.raises(ValueError, match="bw_fraction"):
         measured_kernel_step(o.decode, 0.0)
+
+
+def test_kernel_bandwidth_fraction_is_the_committed_measurement():
+    """The planner's fraction is the slowest OSCAR decode shape at 32K+ x batch 8+ of the run it cites,
+    over the copy bandwidth measured on the same machine kind (attention-h200-2.json)."""
+    from pathlib import Path
+
+    from oscar_cluster.planner.perf import OSCAR_KERNEL_BW_FRACTION, OSCAR_KERNEL_BW_SOURCE
+
+    root = Path(__file__).resolve().parents[2]
+    run = json.loads((root / OSCAR_KERNEL_BW_SOURCE).read_text())
+    copy = json.loads((root / "benchmarks/results/attention-h200-2.json").read_text())["copy"]["GBps_read_plus_write"]
+    slowest = min(r["oscar_GBps"] for r in run["decode"]["rows"] if r["context"] >= 32768 and r["batch"] >= 8)
+    assert OSCAR_KERNEL_BW_FRACTION == pytest.approx(slowest / copy, abs=5e-4)
 
 
 def test_moe_decode_reads_active_params_for_one_sequence(request_for):

@@ -1,6 +1,7 @@
 """Paired RULER table from an oscar-eval ruler.jsonl: per task and length, each codec against bf16 on
-the samples both ran (same prompts), the 8-needle mean and its ratio to bf16, and the median seconds
-per sample. Writes JSON (and prints a markdown table).
+the samples both ran (same prompts), the 8-needle mean and its ratio to bf16 with a 95% bootstrap
+interval (samples resampled in pairs, within each task), and the median seconds per sample. Writes
+JSON (and prints a markdown table).
 
     python benchmarks/ruler_table.py benchmarks/results/quality/ruler.jsonl --out benchmarks/results/quality/paired.json
 
@@ -45,10 +46,34 @@ def paired(rows: list[dict], base: str = "bf16", same_samples: bool = False) -> 
                     continue
                 sc = statistics.fmean(by[k][c]["score"] for k in ks)
                 sb = statistics.fmean(by[k][base]["score"] for k in ks)
+                ci = ratio_interval([(k[0], by[k][c]["score"], by[k][base]["score"]) for k in ks])
                 out.append({"codec": c, "task": task, "length": n, "samples": len(ks), "score": round(sc, 2),
                             "bf16": round(sb, 2), "ratio": round(sc / sb, 4) if sb else None,
-                            "tasks": len({k[0] for k in ks})})
+                            "ratio_ci95": ci, "tasks": len({k[0] for k in ks})})
     return out
+
+
+def ratio_interval(pairs: list[tuple[str, float, float]], iters: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% percentile-bootstrap interval of sum(codec) / sum(base) over (task, codec score, base score)
+    pairs: each draw resamples the pairs of every task with replacement, keeping the task's sample count
+    (a needle mean stays a mean over the same task mix). Draws whose base sum is 0 are dropped; None
+    when every draw's is. Seeded: the same rows give the same interval."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    num = np.zeros(iters)
+    den = np.zeros(iters)
+    for task in sorted({t for t, _, _ in pairs}):
+        sc = np.array([a for t, a, _ in pairs if t == task], dtype=np.float64)
+        sb = np.array([b for t, _, b in pairs if t == task], dtype=np.float64)
+        idx = rng.integers(0, len(sc), size=(iters, len(sc)))
+        num += sc[idx].sum(axis=1)
+        den += sb[idx].sum(axis=1)
+    ok = den > 0
+    if not ok.any():
+        return None
+    lo, hi = np.percentile(num[ok] / den[ok], [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
 
 
 def main() -> None:
@@ -79,10 +104,12 @@ def main() -> None:
              if (s := [r["seconds"] for r in rows if r["codec"] == c and r["length"] == n])}
     write_result(args.out, {"source": args.rows, "rows": len(rows), "paired_vs_bf16": table, "speed": speed,
                             "command": "python benchmarks/ruler_table.py " + " ".join(sys.argv[1:])})
-    print("| codec | length | task | samples | codec score | bf16 score | ratio |\n|---|---|---|---|---|---|---|")
+    print("| codec | length | task | samples | codec score | bf16 score | ratio | 95% interval |\n"
+          "|---|---|---|---|---|---|---|---|")
     for t in table:
+        ci = "-" if t["ratio_ci95"] is None else f"{t['ratio_ci95'][0]:.3f}-{t['ratio_ci95'][1]:.3f}"
         print(f"| {t['codec']} | {t['length'] // 1024}K | {t['task']} | {t['samples']} | {t['score']:.1f} | "
-              f"{t['bf16']:.1f} | {t['ratio'] if t['ratio'] is not None else '-'} |")
+              f"{t['bf16']:.1f} | {t['ratio'] if t['ratio'] is not None else '-'} | {ci} |")
 
 
 if __name__ == "__main__":

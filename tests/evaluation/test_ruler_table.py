@@ -69,3 +69,31 @@ def test_cli_refuses_a_variant_without_rows(tmp_path):
                           "--out", str(tmp_path / "o.json")], capture_output=True, text=True)
     assert res.returncode != 0 and "--variant wants NAME=ROWS" in res.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_ratio_interval_matches_the_exact_bootstrap_distribution(monkeypatch):
+    """Two samples of one task, codec [100, 0] against bf16 [100, 100]: a resample's ratio is the share
+    of draws of sample 0, so 0, 0.5 and 1 with probabilities 1/4, 1/2, 1/4; the 95% interval is [0, 1]."""
+    mod = _load(monkeypatch)
+    assert mod.ratio_interval([("t", 100, 100), ("t", 0, 100)]) == [0.0, 1.0]
+    same = [("a", s, s) for s in (100, 0, 100, 50)] + [("b", s, s) for s in (0, 100)]
+    assert mod.ratio_interval(same) == [1.0, 1.0]  # a codec equal to bf16 on every sample
+    assert mod.ratio_interval([("t", 0, 0), ("t", 0, 0)]) is None  # bf16 never scores: no ratio
+
+
+def test_ratio_interval_keeps_each_task_and_narrows_with_samples(monkeypatch):
+    mod = _load(monkeypatch)
+    # task "easy": both always right; task "hard": the codec right on half the samples bf16 gets
+    few = [("easy", 100, 100)] * 5 + [("hard", 100 * (i % 2), 100) for i in range(6)]
+    many = [("easy", 100, 100)] * 50 + [("hard", 100 * (i % 2), 100) for i in range(60)]
+    lo_f, hi_f = mod.ratio_interval(few)
+    lo_m, hi_m = mod.ratio_interval(many)
+    point = (500 + 300) / 1100  # the pooled ratio of `few`, and of `many` (same proportions)
+    assert lo_f <= point <= hi_f and lo_m <= point <= hi_m
+    assert hi_m - lo_m < hi_f - lo_f
+    # per-task resampling: "easy" always contributes 5 x 100 to both sums, so the ratio never drops
+    # below (500 + 0) / 1100 nor exceeds 1
+    assert lo_f >= 500 / 1100 - 1e-9 and hi_f <= 1.0
+    table = mod.paired([_row("bf16", "niah_single_1", i, 100) for i in range(3)]
+                       + [_row("oscar", "niah_single_1", i, 100) for i in range(3)])
+    assert all(t["ratio_ci95"] == [1.0, 1.0] for t in table)

@@ -247,12 +247,24 @@ def _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform: dict) -> dict
     the two kernel launches alone at 0, 1 and 2 scale-refinement rounds, and the write side's floor:
     the same slot bytes scattered by torch from a ready payload (index_copy_; reading k and v, 33 MB
     at 8K, is not in it)."""
-    from oscar_cluster.kernels.write_kv import host_transform, launch_write_kind
+    from oscar_cluster.kernels.write_kv import host_transform, host_transform_reference, launch_write_kind
 
     out: dict = {}
     pos32, sl = pos.to(torch.int32).contiguous(), slots.to(torch.int64).contiguous()
     host_src = {kind: host_transform(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))}
-    out["host_transform_ms"] = median_ms(lambda: [host_transform(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
+    for name, fn in (("host_transform_ms", host_transform), ("host_transform_reference_ms", host_transform_reference)):
+        out[name] = median_ms(lambda: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
+    # the float32 matmul alone (K and V), on inputs already in the head-major layout
+    xf = {kind: torch.randn(tb.kv_heads, x.shape[0], x.shape[2], device=x.device) for kind, x in (("k", k), ("v", v))}
+    res = {kind: torch.empty_like(t) for kind, t in xf.items()}
+    Ts = {"k": tb.k_T.transpose(1, 2), "v": tb.v_T.transpose(1, 2)}
+    out["host_bmm_only_ms"] = median_ms(lambda: [torch.bmm(xf[kd], Ts[kd], out=res[kd]) for kd in ("k", "v")])
+    for name, fn in (("host_transform_kernels_us", host_transform),
+                     ("host_transform_reference_kernels_us", host_transform_reference)):
+        try:  # a profile is a diagnosis: if the profiler fails, say so and keep the timings
+            out[name] = _cuda_kernel_times(lambda: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
+        except Exception as e:
+            out[name] = [{"kernel": f"profiler failed: {type(e).__name__}: {str(e)[:200]}", "calls": 0, "us": 0.0}]
     for transform, (_, cfg) in by_transform.items():
         in_kernel = transform == "kernel"
         src = {"k": k.contiguous(), "v": v.contiguous()} if in_kernel else host_src
@@ -263,8 +275,34 @@ def _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform: dict) -> dict
     flat = cache.view(-1, cache.shape[2], cache.shape[3])
     payload = flat[sl].clone()
     out["torch_scatter_floor_ms"] = median_ms(lambda: flat.index_copy_(0, sl, payload))
-    print("  write_kv breakdown: " + ", ".join(f"{key} {ms:.4f}" for key, ms in out.items()), flush=True)
+    print("  write_kv breakdown: " + ", ".join(f"{key} {ms:.4f}" for key, ms in out.items() if key.endswith("_ms")),
+          flush=True)
+    for key in ("host_transform_kernels_us", "host_transform_reference_kernels_us"):
+        print(f"  {key}: " + "; ".join(f"{r['kernel'][:60]} x{r['calls']} {r['us']:.1f} us" for r in out[key]), flush=True)
     return out
+
+
+def _cuda_kernel_times(fn, reps: int = 5) -> list[dict]:
+    """GPU time per kernel of one fn() call (torch.profiler, the mean over `reps` calls after a warm-up),
+    largest first: [{"kernel", "calls", "us"}]."""
+    from collections import defaultdict
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    us, calls = defaultdict(float), defaultdict(int)
+    for e in prof.events():  # the kernels themselves (device events), not the CPU ops that launched them
+        if e.device_type == DeviceType.CUDA:
+            us[e.name] += e.time_range.elapsed_us() / reps
+            calls[e.name] += 1
+    rows = [{"kernel": name, "calls": calls[name] // reps, "us": t} for name, t in us.items()]
+    return sorted(rows, key=lambda r: -r["us"])[:12]
 
 
 def section_write_kv() -> dict:

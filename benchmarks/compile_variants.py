@@ -109,15 +109,18 @@ def compile_write_kv_sm90(tiles: tuple, rope: bool, head_dim: int, transform: st
 
 
 def _compile_write_kv(key: tuple, head_dim: int, cache_dir: str) -> float:
-    """Compile one write_kv variant (kind, tile sizes, RoPE mean) at write_kv's defaults into a fresh
-    Triton cache (no hit from an earlier run) -> seconds."""
+    """Compile one write_kv variant (kind, tile sizes, RoPE mean) at write_kv's defaults (the host
+    transform, DEFAULT_TILES["host"]) into a fresh Triton cache (no hit from an earlier run) -> seconds."""
     import os
     import time
 
+    from oscar_cluster.kernels.write_kv import DEFAULT_TILES
+
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     _, tiles, rope = key
+    block_t, warps = DEFAULT_TILES["host"]
     t0 = time.perf_counter()
-    compile_write_kv_sm90(tiles, rope, head_dim, "kernel" if head_dim <= 128 else "host")
+    compile_write_kv_sm90(tiles, rope, head_dim, "host", block_t=block_t, num_warps=warps)
     return time.perf_counter() - t0
 
 

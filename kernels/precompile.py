@@ -28,8 +28,10 @@ __all__ = ["write_kv_variants", "precompile_write_kv"]
 
 
 def write_kv_variants(codec: Codec) -> dict[tuple, int]:
-    """{(kind, tile sizes): the first layer that needs it}; `write_kv` compiles once per key (both
-    kinds of a layer run in one call, so a layer stands for its K and its V variant)."""
+    """{(kind, tile sizes, RoPE mean): the first layer that needs it}; the fused transform compiles once
+    per key (both kinds of a layer run in one call, so a layer stands for its K and its V variant). The
+    host transform (write_kv's default) compiles the RoPE term out, so K and V with the same tiles
+    share a variant there: for it the keys are an upper bound."""
     out: dict[tuple, int] = {}
     for layer in sorted(codec.layers):
         tb = layer_tables(codec, layer, storage_only=True)

@@ -20,7 +20,8 @@ from ..errors import ConfigError
 from ..rope import _angles
 from .layout import LayerTables, group_args
 
-__all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "launch_write_kind"]
+__all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "host_transform_reference",
+           "launch_write_kind"]
 
 MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
 # (block_t, num_warps) per transform when the caller gives none: the fastest tilings of write_kv at 8K
@@ -234,7 +235,7 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
     transform is the faster on the H200: 0.419 ms against 0.534 ms at 8K tokens, each at its best
     tiling (benchmarks/results/attention-h200-5.json), because the fused kernel, compiled for sm_90,
     spills (benchmarks/kernel_registers.py --write-kv). block_t, num_warps: tokens per program and
-    warps; None takes DEFAULT_TILES[transform]."""
+    warps; each that is None takes its value from DEFAULT_TILES[transform]."""
     _check_tokens("k", k, tables)
     _check_tokens("v", v, tables)
     n = k.shape[0]
@@ -251,8 +252,8 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
         raise ConfigError(f"transform='kernel' supports head dims up to {MAX_IN_KERNEL_TRANSFORM_DIM}, got {D}; "
                           "use transform='host'")
     in_kernel = transform == "kernel"
-    if block_t is None:
-        block_t, num_warps = DEFAULT_TILES[transform][0], num_warps or DEFAULT_TILES[transform][1]
+    block_t = block_t or DEFAULT_TILES[transform][0]
+    num_warps = num_warps or DEFAULT_TILES[transform][1]
     slots = slot_mapping.to(torch.int64).contiguous()
     pos = positions.to(torch.int32).contiguous()
     for kind, x in (("k", k), ("v", v)):
@@ -263,16 +264,72 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
         launch_write_kind(kind, src, pos, slots, cache, tables, in_kernel, scale_iters, block_t, num_warps)
 
 
+# token count and head stride are per-call values (see _write_kind_kernel)
+@triton.jit(do_not_specialize=["n_tokens", "n_pad", "sx_t", "sx_h"])
+def _prep_kernel(
+    x_ptr,  # [T, H, D] keys or values (any float dtype; strides sx_t, sx_h, 1)
+    pos_ptr,  # [T] int32 positions
+    out_ptr,  # [H, n_pad, D] float32, written at rows [0, T)
+    rm_ptr, invf_ptr,  # [H, D] float32 RoPE mean; [D/2] float64 inverse frequencies
+    n_tokens, n_pad, sx_t, sx_h,
+    D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, HAS_ROPE: tl.constexpr,
+):
+    """One pass of `host_transform`'s elementwise part: x - R_p m in float32 (keys with a RoPE mean;
+    a plain float32 copy otherwise), stored head-major for the batched matmul that follows."""
+    h = tl.program_id(1).to(tl.int64)
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok = tok < n_tokens
+    tok = tok.to(tl.int64)
+    d = tl.arange(0, D)
+    x = tl.load(x_ptr + tok[:, None] * sx_t + h * sx_h + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    if HAS_ROPE:  # R_p m: rotate_half pairs channel j with j + D/2 (as in _write_kind_kernel)
+        pos = tl.load(pos_ptr + tok, mask=ok, other=0).to(tl.float64)
+        ang = wrap_angle(pos[:, None] * tl.load(invf_ptr + (d % HALF))[None, :])
+        m_self = tl.load(rm_ptr + h * D + d)
+        m_pair = tl.load(rm_ptr + h * D + (d + HALF) % D)
+        sign = tl.where(d < HALF, -1.0, 1.0)
+        x = x - (m_self[None, :] * tl.cos(ang) + (sign * m_pair)[None, :] * tl.sin(ang))
+    tl.store(out_ptr + (h * n_pad + tok)[:, None] * D + d[None, :], x, mask=ok[:, None])
+
+
+PREP_BLOCK_T = 32  # tokens per program of _prep_kernel
+
+
+def _padded(n: int) -> int:
+    return -(-n // 16) * 16  # a head stride that is a multiple of 16 elements whatever d is
+
+
 @torch.no_grad()  # storage, not a differentiable op (bmm's out= refuses inputs that require grad)
 def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: LayerTables) -> torch.Tensor:
-    """x' = T (x - R_p m) in float32 on the host (write_kv's transform="host" path).
+    """x' = T (x - R_p m) in float32 on the host (write_kv's transform="host" path); its spec is
+    `host_transform_reference`.
 
-    x: [tokens, kv_heads, d]; positions: [tokens] -> [tokens, kv_heads, d] float32, a view of a
-    [kv_heads, tokens rounded up to 16, d] buffer (strides (d, that * d, 1)), which the kernel reads
-    as it is.
-    Keys with a RoPE mean: one float32 copy of x, the mean subtracted in place (angles in float64,
-    as `rope.apply_rope`); then one batched matmul per call, straight into that buffer. The matmul
-    follows torch's float32 matmul setting (TF32 if the process allowed it)."""
+    x: [tokens, kv_heads, d] (unit stride along d, else copied); positions: [tokens] ->
+    [tokens, kv_heads, d] float32, a view of a [kv_heads, tokens rounded up to 16, d] buffer
+    (strides (d, that * d, 1)), which the encode kernel reads as it is.
+    Two steps: `_prep_kernel` (one Triton pass: the float32 copy, with R_p m subtracted from keys,
+    head-major), then one batched matmul with T straight into the output buffer. The matmul follows
+    torch's float32 matmul setting (TF32 if the process allowed it)."""
+    T = tables.k_T if kind == "k" else tables.v_T
+    n, H, D = x.shape
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    n_pad = _padded(n)
+    xf = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)
+    pos = positions.to(device=x.device, dtype=torch.int32).contiguous()
+    _prep_kernel[(triton.cdiv(n, PREP_BLOCK_T), H)](
+        x, pos, xf, tables.rope_mean, tables.inv_freq, n, n_pad, x.stride(0), x.stride(1),
+        D=D, HALF=D // 2, BLOCK_T=PREP_BLOCK_T, HAS_ROPE=kind == "k" and tables.has_rope_mean)
+    out = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)[:, :n]
+    torch.bmm(xf[:, :n], T.transpose(1, 2), out=out)
+    return out.transpose(0, 1)
+
+
+@torch.no_grad()
+def host_transform_reference(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: LayerTables) -> torch.Tensor:
+    """`host_transform` in plain torch (the spec; also what ran before the prep kernel): one float32
+    copy of x, the RoPE mean subtracted in place with angles in float64 (as `rope.apply_rope`), then
+    the batched matmul. Same output layout."""
     T = tables.k_T if kind == "k" else tables.v_T
     n, H, D = x.shape
     if kind == "k" and tables.has_rope_mean:
@@ -285,22 +342,24 @@ def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: 
         xf[..., h2:] -= m2 * cos + m1 * sin
     else:
         xf = x.float()
-    n_pad = -(-n // 16) * 16  # the head stride a multiple of 16 elements whatever d is
-    out = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)[:, :n]
+    out = torch.empty(H, _padded(n), D, dtype=torch.float32, device=x.device)[:, :n]
     torch.bmm(xf.transpose(0, 1), T.transpose(1, 2), out=out)
     return out.transpose(0, 1)
 
 
 def launch_write_kind(kind: str, src: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor,
-                      tables: LayerTables, in_kernel: bool, scale_iters: int = 2, block_t: int = 32,
+                      tables: LayerTables, in_kernel: bool, scale_iters: int = 2, block_t: int | None = None,
                       num_warps: int | None = None) -> None:
     """One launch of the encode-and-store kernel for keys or values (write_kv runs two, after checking
     shapes and the cache; call this directly only with inputs that passed those checks).
 
     src: [tokens, kv_heads, d], the raw keys/values when `in_kernel`, else `host_transform`'s
-    output; pos: [tokens] int32; slots: [tokens] int64 (-1 skipped)."""
+    output; pos: [tokens] int32; slots: [tokens] int64 (-1 skipped); block_t, num_warps: None takes
+    DEFAULT_TILES' values for this transform."""
     n, H, D = src.shape
-    if in_kernel and src.device.type == "cuda" and block_t >= 64 and (num_warps or 4) >= 8:
+    tiles = DEFAULT_TILES["kernel" if in_kernel else "host"]
+    block_t, num_warps = block_t or tiles[0], num_warps or tiles[1]
+    if in_kernel and src.device.type == "cuda" and block_t >= 64 and num_warps >= 8:
         raise ConfigError("write_kv with the transform in the kernel, block_t >= 64 and 8 warps hit an illegal memory "
                           "access on the H200 (Triton 3.6, 2026-11-30; benchmarks/results/attention-h200-2.json, not "
                           "diagnosed); use block_t <= 32, 4 warps, or transform='host'")
@@ -316,9 +375,9 @@ def launch_write_kind(kind: str, src: torch.Tensor, pos: torch.Tensor, slots: to
         n, H, src.stride(0), src.stride(1) // unit, tables.slot_bytes, tables.k_scale_offset if kind == "k" else tables.v_scale_offset,
         1.0 / max(ct.coded, 1),
         D=D, HALF=D // 2, BLOCK_T=block_t, SCALE_ITERS=scale_iters, TRANSFORM=in_kernel,
-        HAS_ROPE=kind == "k" and tables.has_rope_mean, PRECISION=_precision(src.device), SX_H_UNIT=unit,
-        OFF=_code_offset(kind, tables), **group_args("G", tables.groups[0 if kind == "k" else 1]),
-        **({"num_warps": num_warps} if num_warps else {}),
+        # HAS_ROPE only matters to the fused transform: one compiled variant for host-transformed K and V
+        HAS_ROPE=in_kernel and kind == "k" and tables.has_rope_mean, PRECISION=_precision(src.device), SX_H_UNIT=unit,
+        OFF=_code_offset(kind, tables), **group_args("G", tables.groups[0 if kind == "k" else 1]), num_warps=num_warps,
     )
 
 

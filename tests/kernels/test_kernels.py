@@ -85,12 +85,17 @@ def test_write_kv_matches_codec(setup, layout, transform):
         assert (got_x - x).pow(2).mean() <= 1.01 * (want_x - x).pow(2).mean() + 1e-9
 
 
+@pytest.mark.parametrize("fn", ["host_transform", "host_transform_reference"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_host_transform_matches_float64(dtype):
-    """The host path's x' = T (x - R_p m): against float64 maths through rope.apply_rope, in the
-    [kv_heads, tokens, d] layout it hands the kernel; a float32 input is not modified."""
-    from oscar_cluster.kernels.write_kv import host_transform
+def test_host_transform_matches_float64(dtype, fn):
+    """The host path's x' = T (x - R_p m), the Triton prep pass and its torch reference: against
+    float64 maths through rope.apply_rope, in the [kv_heads, tokens, d] layout it hands the kernel;
+    a float32 input is not modified."""
+    import importlib
+
     from oscar_cluster.rope import apply_rope
+
+    host_transform = getattr(importlib.import_module("oscar_cluster.kernels.write_kv"), fn)
 
     codec = _fitted(64, 3, 6, seed=9)
     tb = layer_tables(codec, 0)

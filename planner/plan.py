@@ -135,7 +135,7 @@ def _notes(req: PlanRequest, fmt: KVFormat, ranked, kv: KVBytes) -> list[str]:
             s, d = ranked[0]
             t = measured_kernel_step(d, OSCAR_KERNEL_BW_FRACTION)
             notes.append(f"tok/s assumes a bandwidth-bound decode kernel; OSCAR's Triton kernel, measured on an "
-                         f"H200, reads its pages at {OSCAR_KERNEL_BW_FRACTION:.1%} of HBM bandwidth "
+                         f"H200, reads its pages at {OSCAR_KERNEL_BW_FRACTION:.1%} of the copy bandwidth measured there "
                          f"({OSCAR_KERNEL_BW_SOURCE}): at that rate {req.batch / t:,.0f} tok/s "
                          f"here (step {t * 1e3:,.1f} ms, not {d.step_s * 1e3:,.1f} ms)")
         if m.is_mla:

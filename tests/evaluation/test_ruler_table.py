@@ -97,3 +97,15 @@ def test_ratio_interval_keeps_each_task_and_narrows_with_samples(monkeypatch):
     table = mod.paired([_row("bf16", "niah_single_1", i, 100) for i in range(3)]
                        + [_row("oscar", "niah_single_1", i, 100) for i in range(3)])
     assert all(t["ratio_ci95"] == [1.0, 1.0] for t in table)
+
+
+def test_ratio_interval_is_95_percent_and_stratified(monkeypatch):
+    mod = _load(monkeypatch)
+    # one task, codec right on 1 of 3 samples bf16 gets: the resampled ratio is Binomial(3, 1/3) / 3,
+    # with P(1) = 1/27 = 3.7% > 2.5%, so a 95% interval reaches 1 where a 90% one would stop at 2/3
+    lo, hi = mod.ratio_interval([("t", 100, 100), ("t", 0, 100), ("t", 0, 100)])
+    assert lo == 0.0 and hi == 1.0
+    # two tasks, the codec equal to bf16 on one and 0 on the other: resampled within each task the
+    # sums never move (1000 / 2000), so the interval is the point; pooled resampling would spread it
+    pairs = [("a", 100, 100)] * 10 + [("b", 0, 100)] * 10
+    assert mod.ratio_interval(pairs) == [0.5, 0.5]

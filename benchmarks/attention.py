@@ -346,11 +346,19 @@ def section_write_kv() -> dict:
         except Exception as e:
             print(f"  prefill sdpa {name}: {type(e).__name__}", flush=True)
     breakdown = _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform)
+    # decode-sized calls (a step of a batch of that many sequences), each transform at its defaults:
+    # the default transform was chosen at 8K tokens
+    small = {}
+    for n in (1, 8, 64, 512):
+        small[n] = {t: median_ms(lambda: write_kv(k[:n], v[:n], pos[:n], slots[:n], cache, tb, transform=t))
+                    for t in ("host", "kernel")}
+        print(f"  write_kv {n} tokens: host {small[n]['host']:.4f} ms, kernel {small[n]['kernel']:.4f} ms", flush=True)
     res = {"tokens": T, "kv_heads": H, "q_heads": Hq, "head_dim": d, "write_kv_ms": best[0], "write_kv_cfg": best[1],
            "prefill_attention_ms": prefill[0], "prefill_backend": prefill[1],
            "write_kv_fraction_of_prefill": best[0] / prefill[0],
            "write_kv_best_by_transform": {t: {"ms": ms, **cfg} for t, (ms, cfg) in by_transform.items()},
-           "write_kv_GBps_in": 2 * T * H * d * 2 / best[0] / 1e6, "breakdown": breakdown}
+           "write_kv_GBps_in": 2 * T * H * d * 2 / best[0] / 1e6, "breakdown": breakdown,
+           "decode_sized_ms": {str(n): ms for n, ms in small.items()}}
     print(f"write_kv 8K: {best[0]:.4f} ms vs prefill {prefill[0]:.3f} ms ({prefill[1]}) -> "
           f"{100 * res['write_kv_fraction_of_prefill']:.2f}%", flush=True)
     return res

@@ -223,6 +223,10 @@ def section_decode(quick: bool, contexts=None, batches=None) -> dict:
             tuned["oscar"] = _tune(run_oscar, s0)
         ms, cfg = _best_splits(run_oscar, tuned["oscar"], s0, -(-P // tuned["oscar"]["block_n"]))
         row.update(oscar_ms=ms, oscar_cfg=cfg)
+        # the level products in float16 (operand_precision="fp16"), at the same tiling and split count
+        kw16 = {k: cfg[k] for k in ("num_splits", "block_n", "num_warps")}
+        run_oscar(operand_precision="fp16", **kw16)  # compiled outside the graph capture, as in _best_splits
+        row["oscar_fp16_levels_ms"] = median_ms(lambda: run_oscar(operand_precision="fp16", **kw16))
         del pages
         bf16_bytes = B * H * P * d * 2 * 2
         oscar_bytes = B * H * P * tb.slot_bytes
@@ -235,8 +239,8 @@ def section_decode(quick: bool, contexts=None, batches=None) -> dict:
                    sdpa_GBps=bf16_bytes / row["sdpa_ms"] / 1e6)
         rows.append(row)
         print(f"decode L={L} B={B}: sdpa {row['sdpa_ms']:.3f} ms ({name}), bf16 paged {row['bf16_paged_ms']:.3f}, "
-              f"oscar {row['oscar_ms']:.3f} -> x{row['speedup_vs_best_bf16']:.2f}, oscar {row['oscar_GBps']:.0f} GB/s",
-              flush=True)
+              f"oscar {row['oscar_ms']:.3f} -> x{row['speedup_vs_best_bf16']:.2f}, oscar {row['oscar_GBps']:.0f} GB/s, "
+              f"oscar fp16 levels {row['oscar_fp16_levels_ms']:.3f}", flush=True)
     return {"layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "block_size": bs, "slot_bytes": tb.slot_bytes,
                       "sinks": tb.sinks}, "timing": "median of CUDA-graph replays (triton do_bench_cudagraph); "
                                                     "SDPA timed eagerly (do_bench)", "tuned_at": "context 32768, batch 8", "tuned": tuned, "rows": rows}
@@ -575,7 +579,8 @@ def main() -> None:
             # decode checks: the default tiles (64 keys x 2 warps for packed decode since 2026-11-30),
             # the earlier default (16 x 4) and 32 x 2
             fn = {"checks": lambda: section_checks(variants=({}, {"block_n": 16, "num_warps": 4},
-                                                             {"block_n": 32, "num_warps": 2})),
+                                                             {"block_n": 32, "num_warps": 2},
+                                                             {"operand_precision": "fp16"})),
                   "copy": section_copy, "precision": section_precision,
                   "compile": section_compile, "decode": lambda: section_decode(args.quick, args.contexts, args.batches),
                   "write_kv": section_write_kv, "model": lambda: section_model(args.quick),

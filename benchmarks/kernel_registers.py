@@ -194,10 +194,13 @@ def main() -> None:
     # older kernel files without _group_args took layout.group_args'
     tile_args = getattr(mod, "_group_args", None) or (lambda g: {**group_args("K", g[0]), **group_args("V", g[1])})
     split_arg = "ROPE_SPLIT" in mod._attn_kernel.arg_names  # revisions before 2026-11-30 always split
-    # (name, packed pages, RoPE-mean term split, RoPE-mean term present); without the term: a codec
-    # fitted with key_mean="global"
-    kinds = [("oscar", True, True, True), ("oscar, RoPE term in one product", True, False, True),
-             ("oscar, no RoPE-mean term", True, False, False), ("bf16", False, False, False)]
+    # (name, packed pages, RoPE-mean term split, RoPE-mean term present, LOWP); without the term: a codec
+    # fitted with key_mean="global"; LOWP 1: bf16 operands, 3: the level products in float16
+    # (paged_attention's operand_precision="fp16")
+    kinds = [("oscar", True, True, True, 1), ("oscar, RoPE term in one product", True, False, True, 1),
+             ("oscar, no RoPE-mean term", True, False, False, 1), ("bf16", False, False, False, 1)]
+    if "_mm_levels" in vars(mod):  # revisions since the float16 level operands
+        kinds.insert(2, ("oscar, RoPE term in one product, fp16 levels", True, False, True, 3))
     # n_qblocks is 1 in decode: a constexpr where the revision lets Triton specialize it
     jit = mod._attn_kernel
     dns = set(getattr(jit, "do_not_specialize", None) or getattr(jit, "kwargs", {}).get("do_not_specialize", ()))
@@ -207,7 +210,7 @@ def main() -> None:
     # (the default there: attention._launch), one split
     block_q = 16 if args.prefill_only else 1
     tilings = [(16, w) for w in (4, 8)] if args.prefill_only else [(b, w) for b in (16, 32, 64) for w in (2, 4, 8)]
-    for name, packed, split, rope in kinds:
+    for name, packed, split, rope, lowp in kinds:
         if packed and rope and not split and not split_arg:
             continue
         groups = tb.groups if packed else ((0, 0, 0, 0), (0, 0, 0, 0))
@@ -215,7 +218,7 @@ def main() -> None:
             extra = {"ROPE_SPLIT": split} if split_arg else {}
             const = dict(D=d, HALF=d // 2, BLOCK_Q=block_q, G_P2=G, BLOCK_M=max(16, block_q * G), BLOCK_N=block_n,
                          BLOCK_S=16, SPLIT=not args.prefill_only, HAS_ROPE=packed and rope and tb.has_rope_mean,
-                         PACKED=packed, LOWP=1, **extra,
+                         PACKED=packed, LOWP=lowp, **extra,
                          **{k: v for k, v in tile_args(groups).items() if k.endswith("P")})
             # 64 query heads, pages of 16 slots; decode: one query block per sequence
             st = compile_stats(mod._attn_kernel, {**const, **({} if args.prefill_only else per_call_one)}, num_warps,

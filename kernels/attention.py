@@ -124,13 +124,30 @@ def _mm(a, b, LOWP: tl.constexpr):
     """a @ b with float32 accumulation. LOWP 1: bf16 operands on the tensor cores (as any bf16
     attention kernel); 0: exact float32 (ieee); 2: operands rounded to bf16, then an exact float32
     product: what 1 computes, up to summation order, where there is no bf16 matrix product (the CPU
-    interpreter), so tests can measure the bf16 path's error."""
-    if LOWP == 1:
+    interpreter), so tests can measure the bf16 path's error. LOWP 3 and 4 are 1 and 2 here; they
+    differ in `_mm_levels` only."""
+    if LOWP == 1 or LOWP == 3:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-    elif LOWP == 2:
+    elif LOWP == 2 or LOWP == 4:
         return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def _mm_levels(a, b, LOWP: tl.constexpr):
+    """A product with the packed codes' levels (computed in float16 when LOWP > 0, `_group_levels`):
+    LOWP 3 takes them as float16 operands as they are, with the query (or the softmax weights) in
+    float16 too (4: its emulation off the GPU). That saves the float16 -> float32 -> bf16 conversion
+    of every level (HADD2.F32 and F2FP: about 420 of 3,946 instructions per warp and tile at 64 x 2)
+    and keeps 3 more mantissa bits; the query's codec-space coordinates must stay below float16's
+    65504. LOWP 1 and 2: bf16 operands, as `_mm`."""
+    if LOWP == 3:
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    elif LOWP == 4:
+        return tl.dot(a.to(tl.float16).to(tl.float32), b.to(tl.float16).to(tl.float32), input_precision="ieee")
+    else:
+        return _mm(a, b, LOWP)
 
 
 @triton.jit
@@ -165,14 +182,15 @@ def _mm_rope(a, b, LOWP: tl.constexpr, ROPE_SPLIT: tl.constexpr):
 def _key_step(q, cache_ptr, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr, BLOCK_N: tl.constexpr,
               LOWP: tl.constexpr):
     """One key tile's scores in the codec's space: q [M, NSEG_P2 * 8] @ levels^T -> [M, BLOCK_N]."""
-    return _mm(q, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP)), LOWP)
+    return _mm_levels(q, tl.trans(_group_levels(cache_ptr, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP)), LOWP)
 
 
 @triton.jit
 def _value_step(acc, alpha, pv, cache_ptr, so, poly_ptr, ok, OFF, B: tl.constexpr, NSEG, NSEG_P2: tl.constexpr,
                 BLOCK_N: tl.constexpr, LOWP: tl.constexpr):
     """One online-softmax step of a value group's codec-space accumulator: acc alpha + pv @ levels."""
-    return acc * alpha[:, None] + _mm(pv, _group_levels(cache_ptr, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2, BLOCK_N, LOWP), LOWP)
+    return acc * alpha[:, None] + _mm_levels(pv, _group_levels(cache_ptr, so, poly_ptr, ok, OFF, B, NSEG, NSEG_P2,
+                                                             BLOCK_N, LOWP), LOWP)
 
 
 @triton.jit
@@ -521,12 +539,14 @@ def _group_args(groups) -> dict:
 
 
 def _lowp(operand_precision: str | None, device: torch.device) -> int:
-    """The kernels' LOWP mode (see `_mm`): bf16 operands by default on the GPU, float32 elsewhere;
-    bf16 asked for off the GPU is emulated (operands rounded to bf16)."""
+    """The kernels' LOWP mode (see `_mm` and `_mm_levels`): bf16 operands by default on the GPU,
+    float32 elsewhere; "fp16": the packed levels' products in float16, the rest in bf16. Low
+    precision asked for off the GPU is emulated (operands rounded)."""
     precision = operand_precision or ("bf16" if device.type == "cuda" else "fp32")
     if precision == "fp32":
         return 0
-    return 1 if device.type == "cuda" else 2
+    mode = 3 if precision == "fp16" else 1
+    return mode if device.type == "cuda" else mode + 1
 
 
 def _rope_split(rope_split: bool | None, tables: LayerTables | None) -> bool:
@@ -574,8 +594,8 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
             max_prefix=None, block_n=None, block_q=None, poison=False, num_warps=None, stats=None,
             operand_precision=None, rope_split=None):
     H, D = k_new.shape[1], k_new.shape[2]
-    if operand_precision not in (None, "bf16", "fp32"):
-        raise ConfigError(f"operand_precision must be 'bf16' or 'fp32', got {operand_precision!r}")
+    if operand_precision not in (None, "bf16", "fp16", "fp32"):
+        raise ConfigError(f"operand_precision must be 'bf16', 'fp16' or 'fp32', got {operand_precision!r}")
     Tq, B = _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D)
     Hq = q.shape[1]
     G = Hq // H
@@ -690,7 +710,8 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     block_q, num_warps, poison (fill scratch with NaN first; for tests), stats (a dict to receive the
     compiled kernel's registers and spills), operand_precision ("bf16", the default on CUDA: matrix
     operands in bf16 with float32 accumulation; "fp32", the default elsewhere: exact float32; "bf16"
-    off the GPU emulates the GPU's rounding), rope_split (with bf16 operands, the RoPE-mean term to
+    off the GPU emulates the GPU's rounding; "fp16": the products with the packed codes' levels in
+    float16, not yet timed on a GPU, see `_mm_levels`), rope_split (with bf16 operands, the RoPE-mean term to
     about float32 accuracy from three bf16 products; default: where tables.rope_offset_ratio >
     ROPE_SPLIT_RATIO).
     Returns [tokens, q_heads, d] in q's dtype."""

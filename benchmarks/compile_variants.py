@@ -110,7 +110,9 @@ def compile_write_kv_sm90(tiles: tuple, rope: bool, head_dim: int, transform: st
 
 def _compile_write_kv(key: tuple, head_dim: int, cache_dir: str) -> float:
     """Compile one write_kv variant (kind, tile sizes, RoPE mean) at write_kv's defaults (the host
-    transform, DEFAULT_TILES["host"]) into a fresh Triton cache (no hit from an earlier run) -> seconds."""
+    transform, DEFAULT_TILES["host"]) into a fresh Triton cache (no hit from an earlier run) -> seconds.
+    The host transform's `_prep_kernel` (two variants per model: keys with the RoPE mean, values) is
+    not counted here."""
     import os
     import time
 

@@ -596,6 +596,9 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
     H, D = k_new.shape[1], k_new.shape[2]
     if operand_precision not in (None, "bf16", "fp16", "fp32"):
         raise ConfigError(f"operand_precision must be 'bf16', 'fp16' or 'fp32', got {operand_precision!r}")
+    if operand_precision == "fp16" and not packed:
+        raise ConfigError("operand_precision='fp16' applies to the products with packed levels; bf16 pages take "
+                          "'bf16' or 'fp32'")
     Tq, B = _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D)
     Hq = q.shape[1]
     G = Hq // H

@@ -260,12 +260,13 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
         if in_kernel:  # read in place when d has unit stride (e.g. a slice of a fused QKV projection)
             src = x if x.stride(2) == 1 else x.contiguous()
         else:
-            src = host_transform(x, positions, kind, tables)
+            src = host_transform(x, pos, kind, tables)
         launch_write_kind(kind, src, pos, slots, cache, tables, in_kernel, scale_iters, block_t, num_warps)
 
 
-# token count and head stride are per-call values (see _write_kind_kernel)
-@triton.jit(do_not_specialize=["n_tokens", "n_pad", "sx_t", "sx_h"])
+# the token count is a per-call value (see _write_kind_kernel); strides and the padded count keep
+# Triton's divisible-by-16 specialization (vector loads and stores: they are multiples of 16 whenever d is)
+@triton.jit(do_not_specialize=["n_tokens"])
 def _prep_kernel(
     x_ptr,  # [T, H, D] keys or values (any float dtype; strides sx_t, sx_h, 1)
     pos_ptr,  # [T] int32 positions

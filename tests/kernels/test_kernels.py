@@ -385,6 +385,8 @@ def test_bf16_paged_kernel_matches_reference(splits):
     got = paged_attention_bf16(q, kn, vn, kc, vc, bt, pl, cu, d ** -0.5, num_splits=splits, poison=True)
     want = paged_attention_bf16_reference(q, kn, vn, kc, vc, bt, pl, cu, d ** -0.5)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    with pytest.raises(ConfigError, match="packed levels"):  # bf16 pages have no levels to take in float16
+        paged_attention_bf16(q, kn, vn, kc, vc, bt, pl, cu, d ** -0.5, operand_precision="fp16")
 
 
 def test_write_kv_transform_choice_is_checked():

@@ -247,7 +247,8 @@ def section_decode(quick: bool, contexts=None, batches=None) -> dict:
 
 
 def _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform: dict) -> dict:
-    """Where write_kv's time goes, at each transform's best tiling: the host transform alone (torch),
+    """Where write_kv's time goes, at each transform's best tiling: the host transform alone (its Triton
+    prep pass and bmm, against the torch reference; each with its GPU kernels profiled), the bmm alone,
     the two kernel launches alone at 0, 1 and 2 scale-refinement rounds, and the write side's floor:
     the same slot bytes scattered by torch from a ready payload (index_copy_; reading k and v, 33 MB
     at 8K, is not in it)."""
@@ -577,7 +578,7 @@ def main() -> None:
         t0 = time.time()
         try:
             # decode checks: the default tiles (64 keys x 2 warps for packed decode since 2026-11-30),
-            # the earlier default (16 x 4) and 32 x 2
+            # the earlier default (16 x 4), 32 x 2, and float16 level operands at the default tiles
             fn = {"checks": lambda: section_checks(variants=({}, {"block_n": 16, "num_warps": 4},
                                                              {"block_n": 32, "num_warps": 2},
                                                              {"operand_precision": "fp16"})),

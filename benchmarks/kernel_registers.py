@@ -102,7 +102,9 @@ def _ptxas_report(kernel) -> dict:
 
 def sass_counts(sass: str) -> dict:
     """nvdisasm text -> {"sass_instructions": all, "loop_instructions": the largest innermost loop's
-    (from a backward branch's target to the branch), "loop_ops": its 12 most frequent opcodes}."""
+    (from a backward branch's target to the branch), "loop_ops": its 12 most frequent opcodes,
+    "loop_ops_with_modifiers": its 16 most frequent with their modifiers (HADD2.F32 is a float16 ->
+    float32 conversion, not an add)}."""
     import collections
     import re
 
@@ -129,8 +131,12 @@ def sass_counts(sass: str) -> dict:
     inner = [(lo, hi) for lo, hi in loops if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops)]
     loop = max(inner, key=lambda x: x[1] - x[0], default=None)
     body = [t for a, t in ins if loop and loop[0] <= a <= loop[1]]
-    ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body)
-    return {"sass_instructions": len(ins), "loop_instructions": len(body), "loop_ops": dict(ops.most_common(12))}
+    full = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body)  # with modifiers
+    ops = collections.Counter()
+    for name, n in full.items():
+        ops[name.split(".")[0]] += n
+    return {"sass_instructions": len(ins), "loop_instructions": len(body), "loop_ops": dict(ops.most_common(12)),
+            "loop_ops_with_modifiers": dict(full.most_common(16))}
 
 
 def load_kernel_module(path: str | None):

@@ -196,7 +196,7 @@ def _plot(summary: list[dict], path: Path) -> None:
     full = max((s.get("tasks", 1) for s in summary if s["task"] == "niah_mean"), default=1)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     codecs = sorted({s["codec"] for s in summary})
-    partial_seen = False
+    any_partial = any(s["task"] == "niah_mean" and s.get("tasks", 1) < full for s in summary)
 
     def k(n):  # tokens -> K tokens
         return n // 1024 or n / 1024
@@ -210,9 +210,8 @@ def _plot(summary: list[dict], path: Path) -> None:
             color = colors[i % len(colors)]
             ax.plot([k(p[0]) for p in solid], [p[1] for p in solid], "o-", color=color, label=codec)
             if partial:
-                partial_seen = True
                 ax.plot([k(p[0]) for p in partial], [p[1] for p in partial], "o", color=color, mfc="none")
-        ax.set_title(task if task != "niah_mean" or not partial_seen
+        ax.set_title(task if task != "niah_mean" or not any_partial
                      else f"niah_mean (hollow: fewer than {full} tasks)", fontsize=9)
         ax.set_ylim(-5, 105)
         ax.set_xlabel("context (K tokens)", fontsize=8)

@@ -25,8 +25,8 @@ __all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "h
 
 MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
 # (block_t, num_warps) per transform when the caller gives none: the fastest tilings of write_kv at 8K
-# tokens, 8 KV heads, d 128 on the H200 (benchmarks/results/attention-h200-5.json: host 0.419 ms at
-# 16 x 4 against the fused transform's 0.534 ms at 64 x 4)
+# tokens, 8 KV heads, d 128 on the H200 (benchmarks/results/attention-h200-6.json: host 0.354 ms at
+# 16 x 4 against the fused transform's 0.524 ms at 64 x 4; -5.json: 0.419 against 0.534)
 DEFAULT_TILES = {"host": (16, 4), "kernel": (64, 4)}
 
 
@@ -273,27 +273,38 @@ def _prep_kernel(
     out_ptr,  # [H, n_pad, D] float32, written at rows [0, T)
     rm_ptr, invf_ptr,  # [H, D] float32 RoPE mean; [D/2] float64 inverse frequencies
     n_tokens, n_pad, sx_t, sx_h,
-    D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, HAS_ROPE: tl.constexpr,
+    H: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, HAS_ROPE: tl.constexpr,
 ):
     """One pass of `host_transform`'s elementwise part: x - R_p m in float32 (keys with a RoPE mean;
-    a plain float32 copy otherwise), stored head-major for the batched matmul that follows."""
-    h = tl.program_id(1).to(tl.int64)
+    a plain float32 copy otherwise), stored head-major for the batched matmul that follows.
+    One program per block of tokens, looping over the heads: R_p's cos/sin depend on the token and
+    the channel pair only, so they are computed once per [BLOCK_T, D/2] tile, not once per head and
+    channel (the GPU profile of the per-head version, attention-h200-6.json, had this pass at
+    52 us per kind at 8K tokens)."""
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    ok = tok < n_tokens
+    ok = (tok < n_tokens)[:, None]
     tok = tok.to(tl.int64)
-    d = tl.arange(0, D)
-    x = tl.load(x_ptr + tok[:, None] * sx_t + h * sx_h + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    if HAS_ROPE:  # R_p m: rotate_half pairs channel j with j + D/2 (as in _write_kind_kernel)
-        pos = tl.load(pos_ptr + tok, mask=ok, other=0).to(tl.float64)
-        ang = wrap_angle(pos[:, None] * tl.load(invf_ptr + (d % HALF))[None, :])
-        m_self = tl.load(rm_ptr + h * D + d)
-        m_pair = tl.load(rm_ptr + h * D + (d + HALF) % D)
-        sign = tl.where(d < HALF, -1.0, 1.0)
-        x = x - (m_self[None, :] * tl.cos(ang) + (sign * m_pair)[None, :] * tl.sin(ang))
-    tl.store(out_ptr + (h * n_pad + tok)[:, None] * D + d[None, :], x, mask=ok[:, None])
+    d = tl.arange(0, HALF)[None, :]  # channel j pairs with j + D/2 (rotate_half, as in _write_kind_kernel)
+    if HAS_ROPE:
+        pos = tl.load(pos_ptr + tok, mask=tok < n_tokens, other=0).to(tl.float64)
+        ang = wrap_angle(pos[:, None] * tl.load(invf_ptr + d))  # [BLOCK_T, D/2]
+        cos, sin = tl.cos(ang), tl.sin(ang)
+    for h in range(H):  # a loop, not unrolled
+        h64 = tl.full([1], h, tl.int64)
+        src = x_ptr + tok[:, None] * sx_t + h64[:, None] * sx_h + d
+        x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF, mask=ok, other=0.0).to(tl.float32)
+        if HAS_ROPE:  # R_p m = (m1 cos - m2 sin, m2 cos + m1 sin)
+            m1 = tl.load(rm_ptr + h64[:, None] * (2 * HALF) + d)
+            m2 = tl.load(rm_ptr + h64[:, None] * (2 * HALF) + HALF + d)
+            x1 = x1 - (m1 * cos - m2 * sin)
+            x2 = x2 - (m2 * cos + m1 * sin)
+        dst = out_ptr + (h64[:, None] * n_pad + tok[:, None]) * (2 * HALF) + d
+        tl.store(dst, x1, mask=ok)
+        tl.store(dst + HALF, x2, mask=ok)
 
 
-PREP_BLOCK_T = 32  # tokens per program of _prep_kernel
+PREP_BLOCK_T = 16  # tokens per program of _prep_kernel (512 programs at 8K tokens, each over all heads)
 
 
 def _padded(n: int) -> int:
@@ -318,9 +329,9 @@ def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: 
     n_pad = _padded(n)
     xf = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)
     pos = positions.to(device=x.device, dtype=torch.int32).contiguous()
-    _prep_kernel[(triton.cdiv(n, PREP_BLOCK_T), H)](
+    _prep_kernel[(triton.cdiv(n, PREP_BLOCK_T),)](
         x, pos, xf, tables.rope_mean, tables.inv_freq, n, n_pad, x.stride(0), x.stride(1),
-        D=D, HALF=D // 2, BLOCK_T=PREP_BLOCK_T, HAS_ROPE=kind == "k" and tables.has_rope_mean)
+        H=H, HALF=D // 2, BLOCK_T=PREP_BLOCK_T, HAS_ROPE=kind == "k" and tables.has_rope_mean)
     out = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)[:, :n]
     torch.bmm(xf[:, :n], T.transpose(1, 2), out=out)
     return out.transpose(0, 1)

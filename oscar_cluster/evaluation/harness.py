@@ -182,6 +182,12 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def _plot(summary: list[dict], path: Path) -> None:
+    _save_figure(ruler_figure(summary), path)
+
+
+def ruler_figure(summary: list[dict]):
+    """Score vs context length, a panel per task, a line per codec (summary rows: codec, task,
+    length, score, tasks) -> a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,8 +204,12 @@ def _plot(summary: list[dict], path: Path) -> None:
     codecs = sorted({s["codec"] for s in summary})
     any_partial = any(s["task"] == "niah_mean" and s.get("tasks", 1) < full for s in summary)
 
-    def k(n):  # tokens -> K tokens
-        return n // 1024 or n / 1024
+    # codecs side by side at each length (equal scores, two codecs at 0 say, would hide each other)
+    lengths = sorted({s["length"] for s in summary})
+    dodge = 0.012 * (lengths[-1] - lengths[0]) / 1024 if len(lengths) > 1 else 0.0
+
+    def k(n, i):  # tokens -> K tokens, moved aside by codec
+        return (n // 1024 or n / 1024) + (i - (len(codecs) - 1) / 2) * dodge
 
     for ax, task in zip(axes.flat, tasks):
         for i, codec in enumerate(codecs):
@@ -208,9 +218,11 @@ def _plot(summary: list[dict], path: Path) -> None:
             solid = [p for p in mine if task != "niah_mean" or p[2] == full]
             partial = [p for p in mine if p not in solid]
             color = colors[i % len(colors)]
-            ax.plot([k(p[0]) for p in solid], [p[1] for p in solid], "o-", color=color, label=codec)
+            if solid:
+                ax.plot([k(p[0], i) for p in solid], [p[1] for p in solid], "o-", color=color, label=codec)
             if partial:
-                ax.plot([k(p[0]) for p in partial], [p[1] for p in partial], "o", color=color, mfc="none")
+                ax.plot([k(p[0], i) for p in partial], [p[1] for p in partial], "o", color=color, mfc="none",
+                        label=None if solid else codec)
         ax.set_title(task if task != "niah_mean" or not any_partial
                      else f"niah_mean (hollow: fewer than {full} tasks)", fontsize=9)
         ax.set_ylim(-5, 105)
@@ -220,7 +232,7 @@ def _plot(summary: list[dict], path: Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    _save_figure(fig, path)
+    return fig
 
 
 def _precompile(name: str, encoder, progress: bool) -> None:

@@ -26,3 +26,30 @@ def test_needle_mean_counts_the_tasks_it_covers(tmp_path):
         means = {r["codec"]: r["tasks"] for r in csv.DictReader(f) if r["task"] == "niah_mean"}
     assert means == {"a": "2", "b": "1"}
     assert (tmp_path / "ruler.png").stat().st_size > 1000
+
+
+def test_ruler_figure_keeps_equal_scores_apart_and_names_partial_codecs():
+    """Two codecs with the same score at the same length (two collapsed baselines at 0, say) are drawn
+    side by side, not on top of each other, and a codec with only a partial needle mean (a hollow
+    marker) still has its legend entry."""
+    import matplotlib.pyplot as plt
+
+    from oscar_cluster.evaluation.harness import ruler_figure
+
+    def s(codec, task, length, score, tasks=1):
+        return {"codec": codec, "task": task, "length": length, "score": score, "tasks": tasks}
+    summary = [s("bf16", "niah_mean", 8192, 90.0, 2), s("bf16", "niah_mean", 32768, 70.0, 2),
+               s("paper", "niah_mean", 8192, 0.0, 2), s("hadamard", "niah_mean", 8192, 0.0, 1),
+               s("paper", "niah_single_1", 8192, 0.0), s("hadamard", "niah_single_1", 8192, 0.0),
+               s("bf16", "niah_single_1", 8192, 100.0), s("bf16", "niah_single_1", 32768, 100.0)]
+    fig = ruler_figure(summary)
+    try:
+        mean_ax, single_ax = fig.axes[0], fig.axes[1]
+        zeros = [(ln.get_xdata()[0], ln.get_color()) for ln in single_ax.lines if ln.get_ydata()[0] == 0.0]
+        assert len(zeros) == 2 and zeros[0][0] != zeros[1][0] and zeros[0][1] != zeros[1][1]
+        assert all(abs(x - 8) < 1 for x, _ in zeros)  # near their length, in K tokens
+        hollow = [ln for ln in mean_ax.lines if ln.get_markerfacecolor() == "none"]
+        assert len(hollow) == 1 and hollow[0].get_label() == "hadamard"
+        assert sorted(t.get_text() for t in mean_ax.get_legend().get_texts()) == ["bf16", "hadamard", "paper"]
+    finally:
+        plt.close(fig)

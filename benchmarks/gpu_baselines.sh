@@ -12,14 +12,16 @@
 #   bash benchmarks/gpu_baselines.sh 585 50
 #   ORDER="4k 16k 32k" PROCS=3 bash benchmarks/gpu_baselines.sh 585 50
 # Why several processes per GPU: the collapsed codecs never stop early (their answers never hold the
-# reference), and one process ran about 0.15 samples/s at 32K with the GPU far from full (the codecs'
-# PyTorch path at 4 sequences per batch); whether PROCS=2 doubles that is measured by the next run.
+# reference), and one process ran about 0.15 samples/s at 32K end to end (the codecs' PyTorch path at
+# 4 sequences per batch, GPU use not measured); whether PROCS=2 doubles that is measured by the next run.
+# Keep PROCS the same across calls on one machine: the folders p0..p(PROCS-1) hold the resumable rows.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4
 : "${OUT:?set OUT}"
 REPO=$(pwd); DEADLINE=$(( $(date +%s) + ${1:-560} - 25 )); N=${2:-50}
 ORDER=${ORDER:-32k 8k 4k 16k}; PROCS=${PROCS:-2}
+[[ "$PROCS" =~ ^[1-8]$ ]] || { echo "gpu_baselines: PROCS must be 1-8 (processes per GPU, each with every PROCS-th of the 8 tasks), got '$PROCS'" >&2; exit 2; }
 M=qwen2.5-coder-1.5b; R=/tmp/ruler-baselines
 left() { echo $(( DEADLINE - $(date +%s) )); }
 COMMITTED=$REPO/benchmarks/results/quality/python-docs/ruler.jsonl

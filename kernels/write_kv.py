@@ -229,11 +229,11 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot_map
     slot_bytes] uint8, written in place. Sinks (positions < tables.sinks) are written like any
     token; the attention kernels read them from the bf16 sink buffers instead.
     transform: where x' = T (x - R_p m) is computed: "host" (the default: `host_transform`, the RoPE
-    mean subtracted in one float32 copy, then one batched matmul into a [kv_heads, tokens, d] buffer;
+    mean subtracted in one Triton pass into float32, then one batched matmul into a [kv_heads, tokens, d] buffer;
     the kernel then holds no [d, d] tile) or "kernel" (fused, head dims up to
     MAX_IN_KERNEL_TRANSFORM_DIM; k and v are then read in place when d has unit stride). The host
-    transform is the faster on the H200: 0.419 ms against 0.534 ms at 8K tokens, each at its best
-    tiling (benchmarks/results/attention-h200-5.json), because the fused kernel, compiled for sm_90,
+    transform is the faster on the H200: 0.354 ms against 0.524 ms at 8K tokens, each at its best
+    tiling (benchmarks/results/attention-h200-6.json; 0.419 against 0.534 in -5.json), because the fused kernel, compiled for sm_90,
     spills (benchmarks/kernel_registers.py --write-kv). block_t, num_warps: tokens per program and
     warps; each that is None takes its value from DEFAULT_TILES[transform]."""
     _check_tokens("k", k, tables)

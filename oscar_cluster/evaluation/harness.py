@@ -204,9 +204,12 @@ def ruler_figure(summary: list[dict]):
     codecs = sorted({s["codec"] for s in summary})
     any_partial = any(s["task"] == "niah_mean" and s.get("tasks", 1) < full for s in summary)
 
-    # codecs side by side at each length (equal scores, two codecs at 0 say, would hide each other)
-    lengths = sorted({s["length"] for s in summary})
-    dodge = 0.012 * (lengths[-1] - lengths[0]) / 1024 if len(lengths) > 1 else 0.0
+    # codecs side by side at each length (equal scores, two codecs at 0 say, would hide each other):
+    # each length's group spans a quarter of the nearest gap between lengths (of the length itself
+    # when there is one), so neighbouring groups never interleave
+    lengths_k = sorted({s["length"] / 1024 for s in summary})
+    gap = min((b - a for a, b in zip(lengths_k, lengths_k[1:])), default=lengths_k[0] if lengths_k else 1.0)
+    dodge = 0.25 * gap / max(len(codecs) - 1, 1)
 
     def k(n, i):  # tokens -> K tokens, moved aside by codec
         return (n // 1024 or n / 1024) + (i - (len(codecs) - 1) / 2) * dodge

@@ -248,24 +248,38 @@ def section_decode(quick: bool, contexts=None, batches=None) -> dict:
 
 def _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform: dict) -> dict:
     """Where write_kv's time goes, at each transform's best tiling: the host transform alone (its Triton
-    prep pass and bmm, against the torch reference; each with its GPU kernels profiled), the bmm alone,
+    prep pass and bmm, against the torch reference and against host_transform_fused, prep and matmul
+    in one Triton kernel, with its distance from the bmm's output; each with its GPU kernels
+    profiled), the bmm alone,
     the two kernel launches alone at 0, 1 and 2 scale-refinement rounds, and the write side's floor:
     the same slot bytes scattered by torch from a ready payload (index_copy_; reading k and v, 33 MB
     at 8K, is not in it)."""
-    from oscar_cluster.kernels.write_kv import host_transform, host_transform_reference, launch_write_kind
+    from oscar_cluster.kernels.write_kv import (host_transform, host_transform_fused, host_transform_reference,
+                                                launch_write_kind)
 
     out: dict = {}
     pos32, sl = pos.to(torch.int32).contiguous(), slots.to(torch.int64).contiguous()
     host_src = {kind: host_transform(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))}
-    for name, fn in (("host_transform_ms", host_transform), ("host_transform_reference_ms", host_transform_reference)):
-        out[name] = median_ms(lambda: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
+    for name, fn in (("host_transform_ms", host_transform), ("host_transform_reference_ms", host_transform_reference),
+                     ("host_transform_fused_ms", host_transform_fused)):
+        try:  # the fused one (prep and T on tf32x3 tensor-core products in one kernel) has not run on a GPU before
+            out[name] = median_ms(lambda: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
+        except Exception as e:
+            print(f"  {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    try:  # how far the fused transform's tf32x3 products land from the bmm's float32 (relative to the largest)
+        out["host_transform_fused_max_rel_diff"] = max(
+            ((host_transform_fused(x, pos, kind, tb) - host_src[kind]).abs().max() / host_src[kind].abs().max()).item()
+            for kind, x in (("k", k), ("v", v)))
+    except Exception as e:
+        print(f"  host_transform_fused check: {type(e).__name__}: {str(e)[:200]}", flush=True)
     # the float32 matmul alone (K and V), on inputs already in the head-major layout
     xf = {kind: torch.randn(tb.kv_heads, x.shape[0], x.shape[2], device=x.device) for kind, x in (("k", k), ("v", v))}
     res = {kind: torch.empty_like(t) for kind, t in xf.items()}
     Ts = {"k": tb.k_T.transpose(1, 2), "v": tb.v_T.transpose(1, 2)}
     out["host_bmm_only_ms"] = median_ms(lambda: [torch.bmm(xf[kd], Ts[kd], out=res[kd]) for kd in ("k", "v")])
     for name, fn in (("host_transform_kernels_us", host_transform),
-                     ("host_transform_reference_kernels_us", host_transform_reference)):
+                     ("host_transform_reference_kernels_us", host_transform_reference),
+                     ("host_transform_fused_kernels_us", host_transform_fused)):
         try:  # a profile is a diagnosis: if the profiler fails, say so and keep the timings
             out[name] = _cuda_kernel_times(lambda: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
         except Exception as e:
@@ -282,7 +296,9 @@ def _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform: dict) -> dict
     out["torch_scatter_floor_ms"] = median_ms(lambda: flat.index_copy_(0, sl, payload))
     print("  write_kv breakdown: " + ", ".join(f"{key} {ms:.4f}" for key, ms in out.items() if key.endswith("_ms")),
           flush=True)
-    for key in ("host_transform_kernels_us", "host_transform_reference_kernels_us"):
+    if "host_transform_fused_max_rel_diff" in out:
+        print(f"  host_transform_fused vs bmm: max rel diff {out['host_transform_fused_max_rel_diff']:.2e}", flush=True)
+    for key in ("host_transform_kernels_us", "host_transform_reference_kernels_us", "host_transform_fused_kernels_us"):
         print(f"  {key}: " + "; ".join(f"{r['kernel'][:60]} x{r['calls']} {r['us']:.1f} us" for r in out[key]), flush=True)
     return out
 

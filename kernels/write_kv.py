@@ -20,8 +20,8 @@ from ..errors import ConfigError
 from ..rope import _angles
 from .layout import LayerTables, group_args
 
-__all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "host_transform_reference",
-           "launch_write_kind"]
+__all__ = ["write_kv", "write_kv_reference", "check_cache", "host_transform", "host_transform_fused",
+           "host_transform_reference", "launch_write_kind"]
 
 MAX_IN_KERNEL_TRANSFORM_DIM = 128  # [d, d] float32 transform in shared memory; larger d: transform on the host
 # (block_t, num_warps) per transform when the caller gives none: the fastest tilings of write_kv at 8K
@@ -335,6 +335,70 @@ def host_transform(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: 
     out = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)[:, :n]
     torch.bmm(xf[:, :n], T.transpose(1, 2), out=out)
     return out.transpose(0, 1)
+
+
+@triton.jit(do_not_specialize=["n_tokens"])
+def _transform_kernel(
+    x_ptr,  # [T, H, D] keys or values (any float dtype; strides sx_t, sx_h, 1)
+    pos_ptr,  # [T] int32 positions
+    t_ptr,  # [H, D, D] float32 transform T (row-major: x' = T x)
+    out_ptr,  # [H, n_pad, D] float32, written at rows [0, T)
+    rm_ptr, invf_ptr,  # [H, D] float32 RoPE mean; [D/2] float64 inverse frequencies
+    n_tokens, n_pad, sx_t, sx_h,
+    H: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr,
+    HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """`host_transform` in one pass: x - R_p m in float32, then x' = T (x - R_p m) on the tensor cores
+    (PRECISION "tf32x3": three TF32 products, about float32's accuracy), stored head-major. One program
+    per block of tokens, looping over the heads (cos/sin once per block) and over BLOCK_O output
+    channels at a time (T_h's [BLOCK_O, D] rows per product)."""
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok = (tok < n_tokens)[:, None]
+    tok = tok.to(tl.int64)
+    d = tl.arange(0, D)[None, :]
+    if HAS_ROPE:  # R_p m: channel j pairs with j + D/2 (rotate_half), full width so T takes it as it is
+        pos = tl.load(pos_ptr + tok, mask=tok < n_tokens, other=0).to(tl.float64)
+        ang = wrap_angle(pos[:, None] * tl.load(invf_ptr + d % HALF))  # [BLOCK_T, D]
+        cos, sin = tl.cos(ang), tl.sin(ang)
+        sign = tl.where(d < HALF, -1.0, 1.0)
+    o = tl.arange(0, BLOCK_O)
+    for h in range(H):  # a loop, not unrolled
+        h64 = tl.full([1], h, tl.int64)[:, None]
+        x = tl.load(x_ptr + tok[:, None] * sx_t + h64 * sx_h + d, mask=ok, other=0.0).to(tl.float32)
+        if HAS_ROPE:
+            m_self = tl.load(rm_ptr + h64 * D + d)
+            m_pair = tl.load(rm_ptr + h64 * D + (d + HALF) % D)
+            x = x - (m_self * cos + sign * m_pair * sin)
+        for c0 in range(0, D, BLOCK_O):  # output channels [c0, c0 + BLOCK_O)
+            t_rows = tl.load(t_ptr + (h64 * D + c0 + o[:, None]) * D + d)  # [BLOCK_O, D]
+            y = tl.dot(x, tl.trans(t_rows), input_precision=PRECISION)  # [BLOCK_T, BLOCK_O]
+            tl.store(out_ptr + (h64 * n_pad + tok[:, None]) * D + c0 + o[None, :], y, mask=ok)
+
+
+@torch.no_grad()
+def host_transform_fused(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: LayerTables) -> torch.Tensor:
+    """`host_transform` as one Triton kernel (`_transform_kernel`: the prep pass and the matmul with T
+    on the tensor cores in tf32x3, float32 products on the CPU); same output and layout. Not write_kv's
+    path yet: benchmarks/attention.py times it against the prep pass + cuBLAS bmm (whose float32
+    products run on CUDA cores) and measures how far its output is from theirs.
+
+    x: [tokens, kv_heads, d]; positions: [tokens] -> [tokens, kv_heads, d] float32 with strides
+    (d, tokens rounded up to 16 times d, 1)."""
+    T = tables.k_T if kind == "k" else tables.v_T
+    n, H, D = x.shape
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    n_pad = _padded(n)
+    out = torch.empty(H, n_pad, D, dtype=torch.float32, device=x.device)
+    pos = positions.to(device=x.device, dtype=torch.int32).contiguous()
+    # the [tokens, d] input and cos/sin tiles stay in registers: compiled for sm_90 (ptxas), d 128 at 64 x 8
+    # warps has no spills (236 registers; 32 x 4 spills), d 256 at 16 x 8 spills 52 bytes
+    block_t = 64 if D <= 128 else 16
+    _transform_kernel[(triton.cdiv(n, block_t),)](
+        x, pos, T.contiguous(), out, tables.rope_mean, tables.inv_freq, n, n_pad, x.stride(0), x.stride(1),
+        H=H, D=D, HALF=D // 2, BLOCK_T=block_t, BLOCK_O=min(D, 64),
+        HAS_ROPE=kind == "k" and tables.has_rope_mean, PRECISION=_precision(x.device), num_warps=8)
+    return out[:, :n].transpose(0, 1)
 
 
 @torch.no_grad()

@@ -85,7 +85,7 @@ def test_write_kv_matches_codec(setup, layout, transform):
         assert (got_x - x).pow(2).mean() <= 1.01 * (want_x - x).pow(2).mean() + 1e-9
 
 
-@pytest.mark.parametrize("fn", ["host_transform", "host_transform_reference"])
+@pytest.mark.parametrize("fn", ["host_transform", "host_transform_fused", "host_transform_reference"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_host_transform_matches_float64(dtype, fn):
     """The host path's x' = T (x - R_p m), the Triton prep pass and its torch reference: against
@@ -115,6 +115,27 @@ def test_host_transform_matches_float64(dtype, fn):
         err = (got.double() - want).abs().max() / want.abs().max()
         assert err < 1e-5, f"{kind}: host transform off by {err:.2e} of the largest coordinate"
     assert torch.equal(k, k_before), "host_transform modified its input"
+
+
+@pytest.mark.parametrize("d,H,n", [(128, 2, 70), (256, 2, 33), (64, 5, 1)])
+def test_host_transform_fused_matches_the_reference(d, H, n):
+    """The one-kernel transform (prep and T on tensor-core products, looped over output-channel blocks
+    and heads) against the torch reference: every head, every output block (d 128 and 256 take 2 and
+    4), ragged token counts across program blocks, and a strided input (a slice of a wider qkv)."""
+    import importlib
+
+    wk = importlib.import_module("oscar_cluster.kernels.write_kv")
+    codec = _fitted(d, H, H, seed=d + n)
+    tb = layer_tables(codec, 0)
+    g = torch.Generator().manual_seed(n)
+    wide = torch.randn(n, H, 3 * d, generator=g).to(torch.bfloat16)
+    pos = torch.randint(0, 50_000, (n,), generator=g)
+    for kind, x in (("k", wide[..., :d]), ("v", wide[..., d:2 * d])):
+        got = wk.host_transform_fused(x, pos, kind, tb)
+        want = wk.host_transform_reference(x, pos, kind, tb)
+        assert got.shape == want.shape == (n, H, d) and got.stride() == (d, wk._padded(n) * d, 1)
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"{kind}, d={d}: off by {err:.2e} of the largest coordinate"
 
 
 @pytest.mark.parametrize("transform", ["kernel", "host"])

@@ -379,13 +379,16 @@ def _transform_kernel(
 def host_transform_fused(x: torch.Tensor, positions: torch.Tensor, kind: str, tables: LayerTables) -> torch.Tensor:
     """`host_transform` as one Triton kernel (`_transform_kernel`: the prep pass and the matmul with T
     on the tensor cores in tf32x3, float32 products on the CPU); same output and layout. Not write_kv's
-    path yet: benchmarks/attention.py times it against the prep pass + cuBLAS bmm (whose float32
-    products run on CUDA cores) and measures how far its output is from theirs.
+    path yet: benchmarks/attention.py's transform_fused section measures how far its output is from
+    the prep pass + cuBLAS bmm's (whose float32 products run on CUDA cores), then times both.
 
     x: [tokens, kv_heads, d]; positions: [tokens] -> [tokens, kv_heads, d] float32 with strides
     (d, tokens rounded up to 16 times d, 1)."""
     T = tables.k_T if kind == "k" else tables.v_T
     n, H, D = x.shape
+    if T.device != x.device or tables.rope_mean.device != x.device:
+        raise ConfigError(f"host_transform_fused: the layer tables are on {T.device}, the input on {x.device}; "
+                          "build them with layer_tables(codec, layer, device)")
     if x.stride(2) != 1:
         x = x.contiguous()
     n_pad = _padded(n)

@@ -24,6 +24,7 @@ VARIANTS = {
     "global key mean (no RoPE-aware mean)": {"key_mean": "global"},
     "uniform levels": {"levels": "uniform"},
     "no least-squares scale refit": {"scale_iters": 0},
+    "one least-squares scale round (default 2)": {"scale_iters": 1},
     "unweighted value covariance": {"value_weighting": "none"},
     "unweighted key covariance": {"key_weighting": "none"},
     "ridge 0.01": {"ridge": 0.01},

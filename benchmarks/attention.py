@@ -266,10 +266,7 @@ def _write_kv_breakdown(k, v, pos, slots, cache, tb, by_transform: dict) -> dict
     out["host_bmm_only_ms"] = median_ms(lambda: [torch.bmm(xf[kd], Ts[kd], out=res[kd]) for kd in ("k", "v")])
     for name, fn in (("host_transform_kernels_us", host_transform),
                      ("host_transform_reference_kernels_us", host_transform_reference)):
-        try:  # a profile is a diagnosis: if the profiler fails, say so and keep the timings
-            out[name] = _cuda_kernel_times(lambda: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
-        except Exception as e:
-            out[name] = [{"kernel": f"profiler failed: {type(e).__name__}: {str(e)[:200]}", "calls": 0, "us": 0.0}]
+        out[name] = _kernel_profile(lambda: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))])
     for transform, (_, cfg) in by_transform.items():
         in_kernel = transform == "kernel"
         src = {"k": k.contiguous(), "v": v.contiguous()} if in_kernel else host_src
@@ -310,6 +307,23 @@ def _cuda_kernel_times(fn, reps: int = 5) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us"])[:12]
 
 
+def _write_kv_layer(d: int = 128, H: int = 8, Hq: int = 64, T: int = 8192):
+    """The layer write_kv is measured on: tables of a synthetic codec, T tokens of bf16 k and v
+    [T, H, d] and their positions."""
+    tb = layer_tables(synthetic_codec(d, H, Hq), 0, DEV)
+    k = torch.randn(T, H, d, device=DEV, dtype=torch.bfloat16)
+    return tb, k, torch.randn_like(k), torch.arange(T, device=DEV)
+
+
+def _kernel_profile(fn) -> list[dict]:
+    """`_cuda_kernel_times(fn)`, or one row saying why the profiler failed: a profile is a diagnosis,
+    the timings around it stand without it."""
+    try:
+        return _cuda_kernel_times(fn)
+    except Exception as e:
+        return [{"kernel": f"profiler failed: {type(e).__name__}: {str(e)[:200]}", "calls": 0, "us": 0.0}]
+
+
 def section_transform_fused() -> dict:
     """`host_transform_fused` (the host transform's prep and its product with T in one Triton kernel,
     tf32x3 tensor-core products) against `host_transform` (prep pass + cuBLAS float32 bmm) on
@@ -318,11 +332,8 @@ def section_transform_fused() -> dict:
     kernel had not run on a GPU, and a fault there ends the process's CUDA context."""
     from oscar_cluster.kernels.write_kv import host_transform, host_transform_fused
 
-    d, H, Hq, T = 128, 8, 64, 8192
-    tb = layer_tables(synthetic_codec(d, H, Hq), 0, DEV)
-    k = torch.randn(T, H, d, device=DEV, dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    pos = torch.arange(T, device=DEV)
+    tb, k, v, pos = _write_kv_layer()
+    T, H, d = k.shape
     both = lambda fn: [fn(x, pos, kind, tb) for kind, x in (("k", k), ("v", v))]  # noqa: E731
     out: dict = {"tokens": T, "kv_heads": H, "head_dim": d}
     ref, got = both(host_transform), both(host_transform_fused)
@@ -331,22 +342,16 @@ def section_transform_fused() -> dict:
     out["host_transform_ms"] = median_ms(lambda: both(host_transform))
     out["host_transform_fused_ms"] = median_ms(lambda: both(host_transform_fused))
     for name, fn in (("host_transform_kernels_us", host_transform), ("host_transform_fused_kernels_us", host_transform_fused)):
-        try:  # a profile is a diagnosis: if the profiler fails, say so and keep the timings
-            out[name] = _cuda_kernel_times(lambda: both(fn))
-        except Exception as e:
-            out[name] = [{"kernel": f"profiler failed: {type(e).__name__}: {str(e)[:200]}", "calls": 0, "us": 0.0}]
+        out[name] = _kernel_profile(lambda: both(fn))
     print(f"transform 8K (K and V): prep + bmm {out['host_transform_ms']:.4f} ms, fused {out['host_transform_fused_ms']:.4f} ms",
           flush=True)
     return out
 
 
 def section_write_kv() -> dict:
-    d, H, Hq, T = 128, 8, 64, 8192
-    codec = synthetic_codec(d, H, Hq)
-    tb = layer_tables(codec, 0, DEV)
-    k = torch.randn(T, H, d, device=DEV, dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    pos = torch.arange(T, device=DEV)
+    Hq = 64
+    tb, k, v, pos = _write_kv_layer(Hq=Hq)
+    T, H, d = k.shape
     slots = torch.randperm(T, device=DEV)
     cache = torch.zeros(T // 16, 16, H, tb.slot_bytes, dtype=torch.uint8, device=DEV)
     best = (math.inf, {})

@@ -139,9 +139,11 @@ def _mm_levels(a, b, LOWP: tl.constexpr):
     """A product with the packed codes' levels (computed in float16 when LOWP > 0, `_group_levels`):
     LOWP 3 takes them as float16 operands as they are, with the query (or the softmax weights) in
     float16 too (4: its emulation off the GPU). That saves the float16 -> float32 -> bf16 conversion
-    of every level (HADD2.F32 and F2FP: about 420 of 3,946 instructions per warp and tile at 64 x 2)
-    and keeps 3 more mantissa bits; the query's codec-space coordinates must stay below float16's
-    65504. LOWP 1 and 2: bf16 operands, as `_mm`."""
+    of every level (HADD2.F32 and F2FP: 424 of 4,229 loop instructions per warp at 64 x 2 with the
+    one-product RoPE term, benchmarks/results/kernel-registers-sm90-fp16-levels.json) and keeps 3
+    more mantissa bits; the query's codec-space coordinates must stay below float16's 65504. On the
+    H200 it was no faster (-0.5% to +3.3% per decode shape, attention-h200-6.json), so it is opt-in.
+    LOWP 1 and 2: bf16 operands, as `_mm`."""
     if LOWP == 3:
         return tl.dot(a.to(tl.float16), b.to(tl.float16))
     elif LOWP == 4:
@@ -714,7 +716,7 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     compiled kernel's registers and spills), operand_precision ("bf16", the default on CUDA: matrix
     operands in bf16 with float32 accumulation; "fp32", the default elsewhere: exact float32; "bf16"
     off the GPU emulates the GPU's rounding; "fp16": the products with the packed codes' levels in
-    float16, not yet timed on a GPU, see `_mm_levels`), rope_split (with bf16 operands, the RoPE-mean term to
+    float16, opt-in: as accurate but no faster on the H200, see `_mm_levels`), rope_split (with bf16 operands, the RoPE-mean term to
     about float32 accuracy from three bf16 products; default: where tables.rope_offset_ratio >
     ROPE_SPLIT_RATIO).
     Returns [tokens, q_heads, d] in q's dtype."""

@@ -15,6 +15,8 @@
 # reference), and one process ran about 0.15 samples/s at 32K end to end (the codecs' PyTorch path at
 # 4 sequences per batch, GPU use not measured); whether PROCS=2 doubles that is measured by the next run.
 # Keep PROCS the same across calls on one machine: the folders p0..p(PROCS-1) hold the resumable rows.
+# GPU0_AFTER_PID=PID: GPU 0's stages wait until that process has ended (the kernel benchmark timing
+# on GPU 0 must not share it), while GPU 1's start at once.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OSCAR_CACHE_DIR=/tmp/oscar TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4
@@ -40,6 +42,10 @@ cd /tmp
 stage() {  # gpu codec ctx proc
   [ $(left) -gt 30 ] || return 0  # (timeout 0 would mean no limit)
   local bt=262144 extra=(); [[ "$3" == 32k || "$3" == 16k ]] && bt=131072
+  if [[ "$1" == 0 && -n "${GPU0_AFTER_PID:-}" ]]; then
+    while kill -0 "$GPU0_AFTER_PID" 2>/dev/null && [ $(left) -gt 30 ]; do sleep 5; done
+    [ $(left) -gt 30 ] || return 0
+  fi
   if [[ "$2" == oscar-paper && "$4" != 0 ]]; then  # wait for process 0's fit, then load it
     while [ ! -f $PAPER/oscar.yaml ] && [ $(left) -gt 30 ]; do sleep 5; done
     [ -f $PAPER/oscar.yaml ] || return 0

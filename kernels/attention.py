@@ -142,7 +142,8 @@ def _mm_levels(a, b, LOWP: tl.constexpr):
     of every level (HADD2.F32 and F2FP: 424 of 4,229 loop instructions per warp at 64 x 2 with the
     one-product RoPE term, benchmarks/results/kernel-registers-sm90-fp16-levels.json) and keeps 3
     more mantissa bits; the query's codec-space coordinates must stay below float16's 65504. On the
-    H200 it was no faster (-0.5% to +3.3% per decode shape, attention-h200-6.json), so it is opt-in.
+    H200 it was no faster (-0.5% to +3.3% per decode shape, attention-h200-6.json; -3.4% to +4.1%,
+    median +0.5%, over the 24 shapes of -7.json), so it is opt-in.
     LOWP 1 and 2: bf16 operands, as `_mm`."""
     if LOWP == 3:
         return tl.dot(a.to(tl.float16), b.to(tl.float16))
@@ -576,6 +577,50 @@ def _default_splits(batch: int, kv_heads: int, tiles: int, device: torch.device)
     return max(1, min(want, tiles, 64))
 
 
+def query_tiling(on_cuda: bool, packed: bool, max_q_len: int, G_P2: int, *, block_q: int | None = None,
+                 block_n: int | None = None, num_warps: int | None = None,
+                 unverified_query_blocks: bool = False) -> tuple[int, int, int, int | None]:
+    """The attention kernel's tiling -> (block_q, BLOCK_M, block_n, num_warps): block_q query tokens
+    per program, each with its G_P2 query heads, make BLOCK_M = max(16, block_q * G_P2) rows.
+
+    Decode (max_q_len <= 1) takes one token per program. Chunked prefill on CUDA does too
+    (block_q = 1): the H200 gave wrong results for query blocks of 64 and 128 rows (16 tokens x
+    GQA 4 at d 256 and x GQA 8 at d 128, 4 warps: 69% and 98% off the float64 reference), while one
+    token per program was exact at all three checked shapes (benchmarks/results/attention-h200-7.json,
+    prefill rows). That costs speed (each token's program decodes the whole prefix), not accuracy.
+    An explicit block_q making more than 16 rows is refused on CUDA unless unverified_query_blocks
+    (benchmarks use it to test those blocks again). Off the GPU (the interpreter) prefill blocks up
+    to 16 tokens, as the tests check."""
+    if block_q is None:
+        if max_q_len <= 1 or on_cuda:
+            block_q = 1
+        else:
+            block_q = max(1, min(triton.next_power_of_2(max_q_len), 128 // G_P2, 16))
+    BLOCK_M = max(16, block_q * G_P2)
+    if on_cuda and block_q > 1 and BLOCK_M > 16 and not unverified_query_blocks:
+        raise ConfigError(f"block_q={block_q} makes {BLOCK_M}-row query blocks, which gave wrong results on "
+                          "CUDA (benchmarks/results/attention-h200-7.json); use block_q=1 (the CUDA default), "
+                          "or pass unverified_query_blocks=True to test them")
+    if block_n is None:
+        # On CUDA, rows of <= 16 (decode; for bf16 pages also prefill): 64-key tiles, the H200's
+        # tuned choice. Packed decode with 2 warps: the fastest of 9 tiles x warps there, and
+        # checked against the reference on the GPU (attention-h200-4.json: 1.473 ms against 3.189 ms
+        # for 16 keys x 4 warps at 32K x 8); the kernel is issue-bound and this tiling issues the
+        # fewest instructions per key (kernel-registers-sm90.json), despite its spills. Packed
+        # prefill stays at 16-key tiles (the tiling checked exact on the H200).
+        packed_decode = packed and max_q_len <= 1
+        block_n = 64 if on_cuda and BLOCK_M <= 16 and (packed_decode or not packed) else 16
+        if packed_decode and on_cuda and num_warps is None:
+            num_warps = 2
+    elif on_cuda and BLOCK_M > 16 and block_n > 16:
+        # Measured on the H200 (Triton 3.6): query blocks of more than 16 rows with key tiles of 32
+        # or 64 give wrong results or faulting loads (benchmarks/results/attention-prefill-diag-h200.json;
+        # a fault ends the process's CUDA context, so this stays refused even when testing)
+        raise ConfigError(f"block_n={block_n} with {BLOCK_M}-row query blocks is known to be wrong on CUDA; "
+                          "use block_n=16 or block_q=1 (the CUDA default)")
+    return block_q, BLOCK_M, block_n, num_warps
+
+
 def _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D):
     Tq = q.shape[0]
     if q.dim() != 3 or q.shape[-1] != D or q.shape[1] % H:
@@ -594,7 +639,7 @@ def _check_batch(q, k_new, v_new, block_table, prefix_lens, cu_q, H, D):
 def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed, cache=None, k_cache=None,
             v_cache=None, tables=None, sink_k=None, sink_v=None, num_splits=None, max_q_len=None,
             max_prefix=None, block_n=None, block_q=None, poison=False, num_warps=None, stats=None,
-            operand_precision=None, rope_split=None):
+            operand_precision=None, rope_split=None, unverified_query_blocks=False):
     H, D = k_new.shape[1], k_new.shape[2]
     if operand_precision not in (None, "bf16", "fp16", "fp32"):
         raise ConfigError(f"operand_precision must be 'bf16', 'fp16' or 'fp32', got {operand_precision!r}")
@@ -611,26 +656,9 @@ def _launch(q, k_new, v_new, block_table, prefix_lens, cu_q, sm_scale, *, packed
     if max_prefix is None:
         max_prefix = int(prefix_lens.max()) if B else 0
     G_P2 = triton.next_power_of_2(G)
-    if block_q is None:
-        block_q = 1 if max_q_len <= 1 else max(1, min(triton.next_power_of_2(max_q_len), 128 // G_P2, 16))
-    BLOCK_M = max(16, block_q * G_P2)
-    if block_n is None:
-        # On CUDA, rows of <= 16 (decode; for bf16 pages also short prefill blocks): 64-key tiles, the
-        # H200's tuned choice. Packed decode with 2 warps: the fastest of 9 tiles x warps there, and
-        # checked against the reference on the GPU (attention-h200-4.json: 1.473 ms against 3.189 ms
-        # for 16 keys x 4 warps at 32K x 8); the kernel is issue-bound and this tiling issues the
-        # fewest instructions per key (kernel-registers-sm90.json), despite its spills. Packed
-        # prefill stays at 16-key tiles.
-        packed_decode = packed and max_q_len <= 1
-        block_n = 64 if dev.type == "cuda" and BLOCK_M <= 16 and (packed_decode or not packed) else 16
-        if packed_decode and dev.type == "cuda" and num_warps is None:
-            num_warps = 2
-    elif dev.type == "cuda" and BLOCK_M > 16 and block_n > 16:
-        # Measured on the H200 (Triton 3.6): query blocks of more than 16 rows with key tiles of 32
-        # or 64 give wrong results or faulting loads; 16-row blocks and 16-key tiles are exact
-        # (benchmarks/results/attention-prefill-diag-h200.json). Not yet understood: refuse it.
-        raise ConfigError(f"block_n={block_n} with {BLOCK_M}-row query blocks is known to be wrong on CUDA; "
-                          "use block_n=16 (the prefill default) or block_q=1")
+    block_q, BLOCK_M, block_n, num_warps = query_tiling(
+        dev.type == "cuda", packed, max_q_len, G_P2, block_q=block_q, block_n=block_n, num_warps=num_warps,
+        unverified_query_blocks=unverified_query_blocks)
     tiles = max(1, triton.cdiv(max_prefix, block_n))
     if num_splits is None:
         num_splits = _default_splits(B, H, tiles, dev) if max_q_len <= 1 else 1

@@ -85,12 +85,12 @@ class DecodeStep:
 
 
 # The roofline assumes decode kernels that read at HBM bandwidth. OSCAR's Triton decode attention does
-# not yet: on the H200 it read its packed pages at 141-174 GB/s at 32K-128K context and batch 8-32, 3.3%
-# (the slowest, 32K x 8) to 4.1% of the 4.24 TB/s copy bandwidth (benchmarks/results/attention-h200-6.json;
-# the copy in -2.json). It is issue-bound, so the fraction is an estimate on other GPUs. Plans quote it
-# as a second figure.
+# not yet: on the H200 it read its packed pages at 141-174 GB/s at 32K-128K context and batch 8-64, 3.3%
+# (the slowest, 32K x 8) to 4.1% of the 4.26 TB/s copy bandwidth measured in the same run
+# (benchmarks/results/attention-h200-7.json). It is issue-bound, so the fraction is an estimate on other
+# GPUs. Plans quote it as a second figure.
 OSCAR_KERNEL_BW_FRACTION = 0.033
-OSCAR_KERNEL_BW_SOURCE = "benchmarks/results/attention-h200-6.json"
+OSCAR_KERNEL_BW_SOURCE = "benchmarks/results/attention-h200-7.json"
 
 
 def measured_kernel_step(d: DecodeStep, bw_fraction: float) -> float:

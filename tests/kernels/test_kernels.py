@@ -18,7 +18,7 @@ from oscar_cluster.errors import ConfigError
 from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,
                                    paged_attention_bf16_reference, paged_attention_reference, write_kv,
                                    write_kv_reference)
-from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO, _group_levels
+from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO, _group_levels, query_tiling
 from oscar_cluster.kernels.write_kv import MAX_IN_KERNEL_TRANSFORM_DIM, read_slots
 from oscar_cluster.synthetic import offset_key_codec, synthetic_oscar_codec
 
@@ -607,3 +607,28 @@ def test_rope_term_anchor_bounds_the_float32_drift():
     anchored = _rope_term_drift(8192, anchor=int(ROPE_ANCHOR_TILES.value))
     assert unanchored > 1e-4, unanchored
     assert anchored < 1e-5, anchored
+
+
+def test_query_tiling_cuda_prefill_takes_one_token_per_program():
+    """The H200 gave wrong chunked-prefill results with 64- and 128-row query blocks and exact ones
+    with one query token per program (attention-h200-7.json): CUDA's default is block_q = 1, larger
+    explicit blocks are refused unless unverified_query_blocks, and the interpreter keeps blocks."""
+    # CUDA prefill default: one token, its 8 heads padded to 16 rows; packed 16-key tiles, bf16 64
+    assert query_tiling(True, True, 2048, 8) == (1, 16, 16, None)
+    assert query_tiling(True, False, 2048, 8) == (1, 16, 64, None)
+    # decode on CUDA: unchanged (64-key tiles, 2 warps for packed pages); GQA 32 still one token
+    assert query_tiling(True, True, 1, 8) == (1, 16, 64, 2)
+    assert query_tiling(True, True, 1, 32)[:2] == (1, 32)
+    # off the GPU: up to 16 tokens per block, at most 128 rows
+    assert query_tiling(False, True, 300, 8) == (16, 128, 16, None)
+    assert query_tiling(False, True, 5, 4) == (8, 32, 16, None)
+    assert query_tiling(False, True, 300, 32)[:2] == (4, 128)
+    # explicit blocks on CUDA: 16 rows allowed, more refused with the fix named
+    assert query_tiling(True, True, 300, 8, block_q=2)[:2] == (2, 16)
+    with pytest.raises(ConfigError, match=r"block_q=16 makes 128-row.*block_q=1.*unverified_query_blocks"):
+        query_tiling(True, True, 300, 8, block_q=16)
+    assert query_tiling(True, True, 300, 8, block_q=16, unverified_query_blocks=True) == (16, 128, 16, None)
+    # key tiles above 16 with multi-row blocks fault on CUDA: refused even when testing blocks
+    with pytest.raises(ConfigError, match="block_n=64 with 128-row"):
+        query_tiling(True, True, 300, 8, block_q=16, block_n=64, unverified_query_blocks=True)
+    assert query_tiling(False, True, 300, 8, block_n=64) == (16, 128, 64, None)

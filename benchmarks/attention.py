@@ -16,7 +16,9 @@ One call builds, checks and times everything (issue: Triton INT2 kernels):
    largest batch whose cache fits beside the weights and a workspace, bf16 pages vs OSCAR pages,
    and decode tokens/s at that batch (same attention kernel design for both).
 On request (--sections): precision (keys with a constant offset, bf16 vs float32 operands, error
-against the float64 reference) and compile (first-call cost over random bit layouts).
+against the float64 reference), compile (first-call cost over random bit layouts), prefill_time (a
+2,048-token chunk over an 8K and a 30K packed prefix against SDPA and the bf16 paged kernel) and
+transform_fused (write_kv's transform as one Triton kernel against prep + cuBLAS bmm).
 Each section is written to the JSON as it completes (atomic), so a failure loses nothing before it.
 """
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import provenance, write_result  # noqa: E402
 
 from oscar_cluster import codecs  # noqa: E402
-from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16,  # noqa: E402
+from oscar_cluster.kernels import (layer_tables, paged_attention, paged_attention_bf16, prefill_attention,  # noqa: E402
                                    paged_attention_reference, write_kv, write_kv_reference)
 from oscar_cluster.kernels.paged_cache import PagedKVCache, paged_attention_enabled  # noqa: E402
 from oscar_cluster.kernels.attention import ROPE_SPLIT_RATIO  # noqa: E402
@@ -322,6 +324,55 @@ def _kernel_profile(fn) -> list[dict]:
         return _cuda_kernel_times(fn)
     except Exception as e:
         return [{"kernel": f"profiler failed: {type(e).__name__}: {str(e)[:200]}", "calls": 0, "us": 0.0}]
+
+
+def section_prefill_time(chunk: int = 2048, prefixes=(8192, 30720)) -> dict:
+    """One chunk of a chunked prefill (batch 1) over a packed prefix, Llama-70B's layer: OSCAR at the
+    CUDA default (one query token per program, the tiling the prefill checks found exact) and with
+    16-token query blocks (found wrong on the H200: timed to price the default, not used), the bf16
+    paged kernel at its default, and SDPA over the prefix and the chunk without a mask (the chunk's
+    causal part attended in full: a little more work than the causal chunk). Eager medians."""
+    d, H, Hq, bs = 128, 8, 64, 16
+    codec = synthetic_codec(d, H, Hq)
+    tb = layer_tables(codec, 0, DEV)
+    sm = d ** -0.5
+    rows = []
+    for P in prefixes:
+        torch.cuda.empty_cache()
+        nblk = -(-P // bs)
+        bt = torch.randperm(nblk, device=DEV).view(1, nblk).int()
+        pl = torch.tensor([P], dtype=torch.int32, device=DEV)
+        cu = torch.tensor([0, chunk], dtype=torch.int32, device=DEV)
+        q = torch.randn(chunk, Hq, d, device=DEV, dtype=torch.bfloat16)
+        kn = torch.randn(chunk, H, d, device=DEV, dtype=torch.bfloat16)
+        vn = torch.randn_like(kn)
+        row = {"prefix": P, "chunk": chunk}
+        kc = torch.randn(1, H, P + chunk, d, device=DEV, dtype=torch.bfloat16)
+        ms, name = _sdpa_best(q.transpose(0, 1)[None], kc, torch.randn_like(kc))
+        row.update(sdpa_ms=ms, sdpa_backend=name)
+        del kc
+        kp = torch.randn(nblk, bs, H, d, device=DEV, dtype=torch.bfloat16)
+        vp = torch.randn_like(kp)
+        row["bf16_paged_ms"] = median_ms(lambda: paged_attention_bf16(q, kn, vn, kp, vp, bt, pl, cu, sm, max_q_len=chunk,
+                                                                      max_prefix=P), graph=False)
+        del kp, vp
+        pages = torch.randint(0, 256, (nblk, bs, H, tb.slot_bytes), dtype=torch.uint8, device=DEV)
+        pages[..., tb.slot_bytes - 4:].view(torch.float16).fill_(0.5)
+        sk = torch.randn(1, tb.sinks, H, d, device=DEV, dtype=torch.bfloat16)
+        sv = torch.randn_like(sk)
+        for key, kw in (("oscar_ms", {}), ("oscar_block_q16_ms", {"block_q": 16, "unverified_query_blocks": True})):
+            run = lambda kw=kw: prefill_attention(q, kn, vn, pages, bt, pl, cu, sk, sv, tb, sm,  # noqa: E731
+                                                  max_q_len=chunk, max_prefix=P, **kw)
+            run()
+            torch.cuda.synchronize()
+            row[key] = median_ms(run, graph=False)
+        del pages
+        row["oscar_vs_sdpa"] = row["sdpa_ms"] / row["oscar_ms"]
+        rows.append(row)
+        print(f"prefill chunk {chunk} over {P}: sdpa {row['sdpa_ms']:.3f} ms ({name}), bf16 paged "
+              f"{row['bf16_paged_ms']:.3f}, oscar {row['oscar_ms']:.3f} (16-token blocks {row['oscar_block_q16_ms']:.3f})",
+              flush=True)
+    return {"layer": {"kv_heads": H, "q_heads": Hq, "head_dim": d, "block_size": bs}, "rows": rows}
 
 
 def section_transform_fused() -> dict:
@@ -621,6 +672,7 @@ def main() -> None:
                   "copy": section_copy, "precision": section_precision,
                   "compile": section_compile, "decode": lambda: section_decode(args.quick, args.contexts, args.batches),
                   "write_kv": section_write_kv, "transform_fused": section_transform_fused,
+                  "prefill_time": section_prefill_time,
                   "model": lambda: section_model(args.quick),
                   # chunked-prefill checks last: the CUDA default (one query token per program) and
                   # the multi-token query blocks attention-h200-7.json found wrong (64 and 128 rows),

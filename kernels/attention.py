@@ -584,23 +584,30 @@ def query_tiling(on_cuda: bool, packed: bool, max_q_len: int, G_P2: int, *, bloc
     per program, each with its G_P2 query heads, make BLOCK_M = max(16, block_q * G_P2) rows.
 
     Decode (max_q_len <= 1) takes one token per program. Chunked prefill on CUDA does too
-    (block_q = 1): the H200 gave wrong results for query blocks of 64 and 128 rows (16 tokens x
-    GQA 4 at d 256 and x GQA 8 at d 128, 4 warps: 69% and 98% off the float64 reference), while one
-    token per program was exact at all three checked shapes (benchmarks/results/attention-h200-7.json,
-    prefill rows). That costs speed (each token's program decodes the whole prefix), not accuracy.
-    An explicit block_q making more than 16 rows is refused on CUDA unless unverified_query_blocks
-    (benchmarks use it to test those blocks again). Off the GPU (the interpreter) prefill blocks up
-    to 16 tokens, as the tests check."""
+    (block_q = 1), for packed and bf16 pages alike (one kernel): the H200 gave wrong packed results
+    for query blocks of 64 and 128 rows at 2 of 3 checked shapes (16 tokens x GQA 4 at d 256 and x
+    GQA 8 at d 128, 4 warps: 69% and 98% off the float64 reference), while one token per program was
+    exact at all three (benchmarks/results/attention-h200-7.json, prefill rows; bf16 pages were not
+    checked). That costs speed (each token's program decodes the whole prefix), not accuracy. On
+    CUDA, an explicit block_q making more than 16 rows, and any tiling of 64 rows or more (GQA above
+    32), are refused unless unverified_query_blocks (benchmarks use it to test those blocks again).
+    Off the GPU (the interpreter) prefill blocks up to 16 tokens, as the tests check."""
     if block_q is None:
         if max_q_len <= 1 or on_cuda:
             block_q = 1
         else:
             block_q = max(1, min(triton.next_power_of_2(max_q_len), 128 // G_P2, 16))
     BLOCK_M = max(16, block_q * G_P2)
-    if on_cuda and block_q > 1 and BLOCK_M > 16 and not unverified_query_blocks:
-        raise ConfigError(f"block_q={block_q} makes {BLOCK_M}-row query blocks, which gave wrong results on "
-                          "CUDA (benchmarks/results/attention-h200-7.json); use block_q=1 (the CUDA default), "
-                          "or pass unverified_query_blocks=True to test them")
+    if on_cuda and not unverified_query_blocks:
+        if block_q > 1 and BLOCK_M > 16:
+            raise ConfigError(f"block_q={block_q} makes {BLOCK_M}-row query blocks, which gave wrong results on "
+                              "CUDA (benchmarks/results/attention-h200-7.json); use block_q=1 (the CUDA default), "
+                              "or pass unverified_query_blocks=True to test them")
+        if BLOCK_M >= 64:
+            raise ConfigError(f"{G_P2} query heads per KV head make {BLOCK_M}-row blocks even at one token per "
+                              "program, a size that gave wrong results on CUDA (benchmarks/results/"
+                              "attention-h200-7.json); GQA up to 32 is supported there, or pass "
+                              "unverified_query_blocks=True to test it")
     if block_n is None:
         # On CUDA, rows of <= 16 (decode; for bf16 pages also prefill): 64-key tiles, the H200's
         # tuned choice. Packed decode with 2 warps: the fastest of 9 tiles x warps there, and
@@ -746,7 +753,8 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
     off the GPU emulates the GPU's rounding; "fp16": the products with the packed codes' levels in
     float16, opt-in: as accurate but no faster on the H200, see `_mm_levels`), rope_split (with bf16 operands, the RoPE-mean term to
     about float32 accuracy from three bf16 products; default: where tables.rope_offset_ratio >
-    ROPE_SPLIT_RATIO).
+    ROPE_SPLIT_RATIO), unverified_query_blocks (on CUDA, allow query blocks found or not known to be
+    exact there; see `query_tiling`).
     Returns [tokens, q_heads, d] in q's dtype."""
     check_cache(cache, tables)
     if cache.data_ptr() % 4:

@@ -619,6 +619,10 @@ def test_query_tiling_cuda_prefill_takes_one_token_per_program():
     # decode on CUDA: unchanged (64-key tiles, 2 warps for packed pages); GQA 32 still one token
     assert query_tiling(True, True, 1, 8) == (1, 16, 64, 2)
     assert query_tiling(True, True, 1, 32)[:2] == (1, 32)
+    with pytest.raises(ConfigError, match=r"64 query heads per KV head make 64-row.*GQA up to 32"):
+        query_tiling(True, True, 1, 64)
+    assert query_tiling(True, True, 1, 64, unverified_query_blocks=True)[:2] == (1, 64)
+    assert query_tiling(False, True, 1, 64)[:2] == (1, 64)
     # off the GPU: up to 16 tokens per block, at most 128 rows
     assert query_tiling(False, True, 300, 8) == (16, 128, 16, None)
     assert query_tiling(False, True, 5, 4) == (8, 32, 16, None)

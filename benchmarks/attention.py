@@ -360,26 +360,23 @@ def section_prefill_time(chunk: int = 2048, prefixes=(8192, 30720)) -> dict:
         del kc
         kp = torch.randn(nblk, bs, H, d, device=DEV, dtype=torch.bfloat16)
         vp = torch.randn_like(kp)
-        for key, kw in (("bf16_paged_ms", {}), ("bf16_paged_block_q16_ms", {"block_q": 16, "block_n": 16,
-                                                                           "unverified_query_blocks": True})):
-            run = lambda kw=kw: paged_attention_bf16(q, kn, vn, kp, vp, bt, pl, cu, sm, max_q_len=chunk,  # noqa: E731
-                                                     max_prefix=P, **kw)
-            run()
-            torch.cuda.synchronize()
-            row[key] = median_ms(run, graph=False, rep=2000)
-        del kp, vp
         pages = torch.randint(0, 256, (nblk, bs, H, tb.slot_bytes), dtype=torch.uint8, device=DEV)
         pages[..., tb.slot_bytes - 4:].view(torch.float16).fill_(0.5)
         sk = torch.randn(1, tb.sinks, H, d, device=DEV, dtype=torch.bfloat16)
         sv = torch.randn_like(sk)
-        for key, kw in (("oscar_ms", {}), ("oscar_64x2_ms", {"block_n": 64, "num_warps": 2}),
-                        ("oscar_block_q16_ms", {"block_q": 16, "unverified_query_blocks": True})):
-            run = lambda kw=kw: prefill_attention(q, kn, vn, pages, bt, pl, cu, sk, sv, tb, sm,  # noqa: E731
-                                                  max_q_len=chunk, max_prefix=P, **kw)
-            run()
+        blocks16 = {"block_q": 16, "block_n": 16, "unverified_query_blocks": True}
+        bf16 = lambda **kw: paged_attention_bf16(q, kn, vn, kp, vp, bt, pl, cu, sm, max_q_len=chunk,  # noqa: E731
+                                                 max_prefix=P, **kw)
+        oscar = lambda **kw: prefill_attention(q, kn, vn, pages, bt, pl, cu, sk, sv, tb, sm,  # noqa: E731
+                                               max_q_len=chunk, max_prefix=P, **kw)
+        for key, fn, kw in (("bf16_paged_ms", bf16, {}), ("bf16_paged_block_q16_ms", bf16, blocks16),
+                            ("oscar_ms", oscar, {}), ("oscar_64x2_ms", oscar, {"block_n": 64, "num_warps": 2}),
+                            ("oscar_block_q16_ms", oscar, blocks16)):
+            fn(**kw)  # compiled before timing
             torch.cuda.synchronize()
-            row[key] = median_ms(run, graph=False, rep=2000)  # calls of up to about 0.5 s: several repeats
-        del pages
+            # calls of up to about 0.5 s: about 2 s of repeats for a median of several
+            row[key] = median_ms(lambda: fn(**kw), graph=False, rep=2000)  # noqa: B023 (used within the iteration)
+        del kp, vp, pages
         row["oscar_vs_sdpa"] = row["sdpa_ms"] / row["oscar_ms"]
         rows.append(row)
         print(f"prefill chunk {chunk} over {P}: sdpa {row['sdpa_ms']:.3f} ms ({name}), bf16 paged "
@@ -393,8 +390,8 @@ def section_transform_fused() -> dict:
     """`host_transform_fused` (the host transform's prep and its product with T in one Triton kernel,
     tf32x3 tensor-core products) against `host_transform` (prep pass + cuBLAS float32 bmm) on
     section_write_kv's 8K-token layer: first how far its output lands from the bmm's (relative to the
-    largest coordinate, per kind), then both timed and profiled. A section of its own, run last: its
-    kernel had not run on a GPU, and a fault there ends the process's CUDA context."""
+    largest coordinate, per kind), then both timed and profiled. A section of its own, run last (a
+    fault in a kernel ends the process's CUDA context); first run: attention-h200-7.json."""
     from oscar_cluster.kernels.write_kv import host_transform, host_transform_fused
 
     tb, k, v, pos = _write_kv_layer()
